@@ -1,0 +1,201 @@
+"""The seams of the core: what it needs from adapters, storage and time.
+
+``ChatAdapter`` is the one required interface of a platform adapter; the
+``Supports*`` protocols are optional capabilities the core probes with
+``isinstance`` (they are ``runtime_checkable``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, runtime_checkable
+
+from bridge.model import (
+    AppendResult,
+    Attachment,
+    EventID,
+    InboundEvent,
+    IncidentID,
+    Kind,
+    Mirror,
+    OutboxEntry,
+    OutboxEntryID,
+    Page,
+    Platform,
+    RemoteMessageID,
+    RemoteRef,
+    RoomLink,
+    RoomRef,
+    Sender,
+    TimelineEvent,
+)
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Aware UTC wall-clock time."""
+
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin, never going backwards."""
+
+
+class InboundSink(Protocol):
+    """Where adapters hand what happened on their platform.
+
+    It returns only once every event is durably stored (timeline and outbox);
+    an adapter acknowledges its platform after that and not before. It raises
+    ``StoreError`` when storing failed: the adapter must then answer with an
+    error so the platform delivers again.
+    """
+
+    async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboundMessage:
+    """A timeline event rendered for one target room on the other platform."""
+
+    event: TimelineEvent
+    target: RoomRef
+    reply_to: RemoteMessageID | None = None
+    """The target-platform id of the message this one replies to, if mirrored there."""
+    thread_root: RemoteMessageID | None = None
+
+
+class ChatAdapter(Protocol):
+    """One chat platform, seen from the core."""
+
+    @property
+    def platform(self) -> Platform: ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether the platform is reachable and intake is running (feeds /readyz)."""
+
+    async def start(self, sink: InboundSink) -> None:
+        """Begin intake; return once the adapter can accept and send."""
+
+    async def stop(self) -> None:
+        """Stop intake and release resources; idempotent."""
+
+    def is_own(self, sender: Sender) -> bool:
+        """Whether the sender is the bridge itself (its bot or a ghost): echo suppression."""
+
+    async def send(self, message: OutboundMessage, *, idempotency_key: str) -> RemoteRef:
+        """Deliver a new message; the same key must never produce two messages."""
+
+
+@runtime_checkable
+class SupportsEdits(Protocol):
+    async def edit(
+        self, target: RemoteRef, message: OutboundMessage, *, idempotency_key: str
+    ) -> None: ...
+
+
+@runtime_checkable
+class SupportsRedactions(Protocol):
+    async def redact(self, target: RemoteRef, sender: Sender, *, idempotency_key: str) -> None: ...
+
+
+@runtime_checkable
+class SupportsReactions(Protocol):
+    async def react(
+        self, target: RemoteRef, sender: Sender, key: str, *, idempotency_key: str
+    ) -> RemoteRef: ...
+
+
+@runtime_checkable
+class SupportsRoomCreation(Protocol):
+    async def create_room(self, name: str, *, invite: Sequence[str], topic: str) -> RoomRef: ...
+
+
+@runtime_checkable
+class SupportsMedia(Protocol):
+    async def download(self, attachment: Attachment, *, max_bytes: int) -> bytes: ...
+
+    async def upload(self, data: bytes, attachment: Attachment) -> Attachment: ...
+
+
+class TimelineStore(Protocol):
+    """Durable storage of the timeline, the outbox and room links."""
+
+    async def ping(self) -> None:
+        """Raise ``DependencyUnavailableError`` unless the database answers."""
+
+    async def ensure_indexes(self) -> None:
+        """Create the collections' indexes; idempotent."""
+
+    async def append(self, event: TimelineEvent, targets: Sequence[RoomRef]) -> AppendResult:
+        """Store an event and one outbox entry per target, durably.
+
+        An event whose origin (platform, room, message id, kind, variant) is
+        already stored is not stored again: the stored one is returned with
+        ``duplicate=True``, and its outbox entries are made sure of.
+        """
+
+    async def get(self, event_id: EventID) -> TimelineEvent | None: ...
+
+    async def find_by_origin(
+        self, origin: RemoteRef, kind: Kind, variant: str = ""
+    ) -> TimelineEvent | None: ...
+
+    async def find_by_mirror(self, message: RemoteRef) -> TimelineEvent | None:
+        """The event whose mirror on another platform is ``message``."""
+
+    async def timeline(
+        self,
+        *,
+        incident_id: IncidentID | None = None,
+        room: RoomRef | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page:
+        """Events of one incident or one room in order, paged by an opaque cursor."""
+
+    async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
+        """Record the delivery state of an event in one target room."""
+
+    async def set_incident(self, event_id: EventID, incident_id: IncidentID) -> None: ...
+
+    # -- the outbox -----------------------------------------------------------
+    async def lease_rooms(
+        self, owner: str, *, now: datetime, ttl: timedelta, limit: int
+    ) -> list[RoomRef]:
+        """Lease target rooms with due outbox work to ``owner`` (renewing its own)."""
+
+    async def release_room(self, room: RoomRef, owner: str) -> None: ...
+
+    async def pending_entries(self, room: RoomRef, *, limit: int) -> list[OutboxEntry]:
+        """A room's undelivered entries, oldest event first."""
+
+    async def complete_entry(self, entry_id: OutboxEntryID) -> None: ...
+
+    async def retry_entry(
+        self, entry_id: OutboxEntryID, *, not_before: datetime, error: str
+    ) -> None: ...
+
+    async def fail_entry(self, entry_id: OutboxEntryID, *, error: str) -> None: ...
+
+    # -- room links -----------------------------------------------------------
+    async def save_link(self, link: RoomLink) -> None: ...
+
+    async def remove_link(self, link: RoomLink) -> None: ...
+
+    async def links_for(self, room: RoomRef) -> list[RoomLink]: ...
+
+    async def all_links(self) -> list[RoomLink]: ...
+
+
+class StateStore(Protocol):
+    """Small durable records an adapter keeps (transaction ids, conversation references)."""
+
+    async def insert_once(self, namespace: str, key: str, value: Mapping[str, Any]) -> bool:
+        """Store ``value`` unless ``key`` exists; True if this call stored it."""
+
+    async def put(self, namespace: str, key: str, value: Mapping[str, Any]) -> None: ...
+
+    async def get(self, namespace: str, key: str) -> dict[str, Any] | None: ...
+
+    async def delete(self, namespace: str, key: str) -> None: ...
