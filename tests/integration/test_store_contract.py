@@ -1,0 +1,265 @@
+"""One contract for every TimelineStore: the in-memory fake and MongoDB behave alike."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.write_concern import WriteConcern
+
+from bridge.model import (
+    IncidentID,
+    Kind,
+    Mirror,
+    MirrorStatus,
+    Relation,
+    RelationKind,
+    RemoteMessageID,
+    RemoteRef,
+    RoomLink,
+)
+from bridge.ports import StateStore, TimelineStore
+from bridge.timeline.codec import CursorError
+from bridge.timeline.memory import MemoryStateStore, MemoryTimelineStore
+from bridge.timeline.mongo import MongoTimelineStore
+from bridge.timeline.state import MongoStateStore
+from devtools.servers import MongoServer
+from tests.support.fakes import ALICE, MATRIX_ROOM, TEAMS_ROOM, EventBuilder, FakeClock
+
+LEASE = timedelta(seconds=30)
+
+
+class Backend:
+    def __init__(self, clock: FakeClock, store: TimelineStore, state: StateStore) -> None:
+        self.clock = clock
+        self.store = store
+        self.state = state
+        self.events = EventBuilder(clock)
+
+
+@pytest.fixture(params=["memory", "mongo"])
+async def backend(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Backend]:
+    clock = FakeClock()
+    if request.param == "memory":
+        yield Backend(clock, MemoryTimelineStore(clock=clock), MemoryStateStore())
+        return
+    server: MongoServer = request.getfixturevalue("mongo_server")
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.uri, tz_aware=True)
+    name = f"contract_{uuid.uuid4().hex[:12]}"
+    store = MongoTimelineStore(client, name, clock=clock, write_concern=WriteConcern(w=1, j=True))
+    await store.ensure_indexes()
+    await store.ensure_indexes()  # idempotent
+    yield Backend(clock, store, MongoStateStore(store.database))
+    await client.drop_database(name)
+    await client.close()
+
+
+async def test_append_is_idempotent_on_origin(backend: Backend) -> None:
+    first = backend.events.message("hi", message_id="$same")
+    again = replace(backend.events.message("hi", message_id="$same"))
+    assert first.id != again.id
+
+    stored = await backend.store.append(first, [TEAMS_ROOM])
+    replay = await backend.store.append(again, [TEAMS_ROOM])
+
+    assert not stored.duplicate
+    assert replay.duplicate
+    assert replay.event.id == first.id
+    page = await backend.store.timeline(room=MATRIX_ROOM)
+    assert [e.id for e in page.events] == [first.id]
+    assert len(await backend.store.pending_entries(TEAMS_ROOM, limit=10)) == 1
+
+
+async def test_kind_and_variant_are_part_of_the_origin_key(backend: Backend) -> None:
+    message = backend.events.message(message_id="$m")
+    edit1 = backend.events.message(message_id="$m", kind=Kind.EDIT, variant="1")
+    edit2 = backend.events.message(message_id="$m", kind=Kind.EDIT, variant="2")
+    for event in (message, edit1, edit2):
+        assert not (await backend.store.append(event, [])).duplicate
+    found = await backend.store.find_by_origin(message.origin, Kind.EDIT, "2")
+    assert found is not None
+    assert found.id == edit2.id
+    assert await backend.store.find_by_origin(message.origin, Kind.REACTION) is None
+
+
+async def test_round_trip_keeps_every_field(backend: Backend) -> None:
+    target = RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID("$target"))
+    event = backend.events.message(
+        "reply",
+        incident_id="INC-7",
+        relations=(Relation(kind=RelationKind.REPLY, target=target, key=None),),
+    )
+    await backend.store.append(event, [TEAMS_ROOM])
+    got = await backend.store.get(event.id)
+    assert got is not None
+    assert got.relations == event.relations
+    assert got.sender == ALICE
+    assert got.incident_id == IncidentID("INC-7")
+    assert got.occurred_at == event.occurred_at.replace(
+        microsecond=event.occurred_at.microsecond // 1000 * 1000
+    )
+    assert got.occurred_at.tzinfo is not None
+    assert [m.status for m in got.mirrors] == [MirrorStatus.PENDING]
+
+
+async def test_timeline_is_ordered_and_paged_by_cursor(backend: Backend) -> None:
+    base = backend.clock.now()
+    # Appended out of order; two share a timestamp (ties break on the event id).
+    offsets = [5, 1, 3, 3, 2, 4, 0]
+    appended = []
+    for offset in offsets:
+        event = backend.events.message(
+            f"m{offset}", occurred_at=base + timedelta(seconds=offset), incident_id="INC-1"
+        )
+        appended.append(event)
+        await backend.store.append(event, [])
+    other = backend.events.message("elsewhere", incident_id="INC-2")
+    await backend.store.append(other, [])
+
+    expected = [e.id for e in sorted(appended, key=lambda e: (e.occurred_at, e.id))]
+    seen = []
+    cursor = None
+    for _ in range(10):
+        page = await backend.store.timeline(incident_id=IncidentID("INC-1"), cursor=cursor, limit=3)
+        seen.extend(e.id for e in page.events)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == expected
+
+    with pytest.raises(CursorError):
+        await backend.store.timeline(incident_id=IncidentID("INC-1"), cursor="garbage!")
+
+
+async def test_room_timeline_is_scoped_to_its_room(backend: Backend) -> None:
+    in_matrix = backend.events.message("a")
+    in_teams = backend.events.message("b", room=TEAMS_ROOM)
+    await backend.store.append(in_matrix, [TEAMS_ROOM])
+    await backend.store.append(in_teams, [MATRIX_ROOM])
+    page = await backend.store.timeline(room=TEAMS_ROOM)
+    assert [e.id for e in page.events] == [in_teams.id]
+    assert page.next_cursor is None
+    with pytest.raises(ValueError, match="exactly one"):
+        await backend.store.timeline()
+
+
+async def test_mirror_lookup_and_update(backend: Backend) -> None:
+    event = backend.events.message("x")
+    await backend.store.append(event, [TEAMS_ROOM])
+    mirror = Mirror(
+        room=TEAMS_ROOM,
+        status=MirrorStatus.SENT,
+        message_id=RemoteMessageID("1700000000123"),
+        attempts=1,
+        updated_at=backend.clock.now(),
+    )
+    await backend.store.set_mirror(event.id, mirror)
+    found = await backend.store.find_by_mirror(
+        RemoteRef(room=TEAMS_ROOM, message_id=RemoteMessageID("1700000000123"))
+    )
+    assert found is not None
+    assert found.id == event.id
+    assert found.mirrors == (mirror,)
+    assert (
+        await backend.store.find_by_mirror(
+            RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID("1700000000123"))
+        )
+        is None
+    )
+
+
+async def test_replay_after_delivery_does_not_queue_again(backend: Backend) -> None:
+    event = backend.events.message("once", message_id="$once")
+    await backend.store.append(event, [TEAMS_ROOM])
+    (entry,) = await backend.store.pending_entries(TEAMS_ROOM, limit=10)
+    await backend.store.set_mirror(
+        event.id, Mirror(room=TEAMS_ROOM, status=MirrorStatus.SENT, message_id=RemoteMessageID("9"))
+    )
+    await backend.store.complete_entry(entry.id)
+    replay = await backend.store.append(
+        backend.events.message("once", message_id="$once"), [TEAMS_ROOM]
+    )
+    assert replay.duplicate
+    assert await backend.store.pending_entries(TEAMS_ROOM, limit=10) == []
+
+
+async def test_outbox_claim_order_retry_and_ack(backend: Backend) -> None:
+    store, clock = backend.store, backend.clock
+    events = [backend.events.message(f"m{i}") for i in range(3)]
+    for event in events:
+        await store.append(event, [TEAMS_ROOM])
+    teams_event = backend.events.message("from teams", room=TEAMS_ROOM)
+    await store.append(teams_event, [MATRIX_ROOM])
+
+    rooms = await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10)
+    assert sorted(r.key for r in rooms) == sorted([TEAMS_ROOM.key, MATRIX_ROOM.key])
+    entries = await store.pending_entries(TEAMS_ROOM, limit=10)
+    assert [e.event_id for e in entries] == [e.id for e in events]
+
+    # The head fails: it is rescheduled and the room is not due until then.
+    await store.retry_entry(
+        entries[0].id, not_before=clock.now() + timedelta(seconds=10), error="503"
+    )
+    await store.release_room(TEAMS_ROOM, "w1")
+    rooms = await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10)
+    assert TEAMS_ROOM not in rooms
+    clock.advance(11)
+    rooms = await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10)
+    assert TEAMS_ROOM in rooms
+    head = (await store.pending_entries(TEAMS_ROOM, limit=1))[0]
+    assert head.id == entries[0].id
+    assert head.attempts == 1
+    assert head.last_error == "503"
+
+    await store.complete_entry(entries[0].id)
+    await store.fail_entry(entries[1].id, error="forbidden")
+    remaining = await store.pending_entries(TEAMS_ROOM, limit=10)
+    assert [e.id for e in remaining] == [entries[2].id]
+    await store.complete_entry(entries[2].id)
+    assert await store.pending_entries(TEAMS_ROOM, limit=10) == []
+
+
+async def test_room_lease_is_exclusive_until_released_or_expired(backend: Backend) -> None:
+    store, clock = backend.store, backend.clock
+    await store.append(backend.events.message("x"), [TEAMS_ROOM])
+    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
+    assert await store.lease_rooms("w2", now=clock.now(), ttl=LEASE, limit=10) == []
+    # The holder renews its own lease.
+    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
+    clock.advance(LEASE.total_seconds() + 1)
+    # A dead holder's lease expires and another worker takes the room over.
+    assert await store.lease_rooms("w2", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
+    await store.release_room(TEAMS_ROOM, "w1")  # not the holder: no effect
+    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == []
+    await store.release_room(TEAMS_ROOM, "w2")
+    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
+
+
+async def test_room_links(backend: Backend) -> None:
+    link = RoomLink(matrix_room=MATRIX_ROOM, teams_room=TEAMS_ROOM, created_at=backend.clock.now())
+    await backend.store.save_link(link)
+    await backend.store.save_link(link)
+    assert [lnk.teams_room for lnk in await backend.store.links_for(MATRIX_ROOM)] == [TEAMS_ROOM]
+    assert [lnk.matrix_room for lnk in await backend.store.links_for(TEAMS_ROOM)] == [MATRIX_ROOM]
+    assert len(await backend.store.all_links()) == 1
+    await backend.store.remove_link(link)
+    assert await backend.store.links_for(MATRIX_ROOM) == []
+
+
+async def test_state_store(backend: Backend) -> None:
+    state = backend.state
+    assert await state.insert_once("matrix_transactions", "txn1", {"events": 2})
+    assert not await state.insert_once("matrix_transactions", "txn1", {"events": 3})
+    assert await state.get("matrix_transactions", "txn1") == {"events": 2}
+    await state.put("teams_conversations", "19:a", {"service_url": "https://x"})
+    await state.put("teams_conversations", "19:a", {"service_url": "https://y"})
+    assert await state.get("teams_conversations", "19:a") == {"service_url": "https://y"}
+    await state.delete("teams_conversations", "19:a")
+    assert await state.get("teams_conversations", "19:a") is None
