@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.config import load_settings
+from bridge.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(text)
+    return path
+
+
+def _problems(exc: pytest.ExceptionInfo[ConfigError]) -> dict[str, str]:
+    return {p.key_path: p.message for p in exc.value.problems}
+
+
+def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, "mongo:\n  uri: mongodb://db:27017\n"), {})
+    assert settings.mongo.uri.get_secret_value() == "mongodb://db:27017"
+    assert settings.http.port == 8080
+    assert settings.logging.format == "auto"
+
+
+def test_every_problem_is_reported_with_its_key_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, "mongo:\n  databse: x\nhttp:\n  port: 99999\nloging: {}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, {})
+    problems = _problems(exc)
+    assert problems["mongo.uri"] == "required setting is missing"
+    assert problems["mongo.databse"] == "unknown setting (misspelt?)"
+    assert "http.port" in problems
+    assert problems["loging"] == "unknown setting (misspelt?)"
+
+
+def test_environment_overrides_the_file_with_typed_values(tmp_path: Path) -> None:
+    path = _write(tmp_path, "mongo:\n  uri: mongodb://file\nhttp:\n  port: 1\n")
+    env = {
+        "BRIDGE__MONGO__URI": "mongodb://env",
+        "BRIDGE__HTTP__PORT": "9000",
+        "bridge__logging__level": "debug",
+        "UNRELATED": "x",
+    }
+    settings = load_settings(path, env)
+    assert settings.mongo.uri.get_secret_value() == "mongodb://env"
+    assert settings.http.port == 9000
+    assert settings.logging.level == "debug"
+
+
+def test_settings_from_environment_alone() -> None:
+    settings = load_settings(None, {"BRIDGE__MONGO__URI": "mongodb://only-env"})
+    assert settings.mongo.uri.get_secret_value() == "mongodb://only-env"
+
+
+def test_secret_from_file_strips_the_trailing_newline(tmp_path: Path) -> None:
+    secret = tmp_path / "uri"
+    secret.write_text("mongodb://user:pw@db\n")
+    path = _write(tmp_path, f"mongo:\n  uri_file: {secret}\n")
+    settings = load_settings(path, {})
+    assert settings.mongo.uri.get_secret_value() == "mongodb://user:pw@db"
+    assert "pw" not in repr(settings)
+
+
+def test_secret_file_through_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "uri"
+    secret.write_text("mongodb://from-file")
+    settings = load_settings(None, {"BRIDGE__MONGO__URI_FILE": str(secret)})
+    assert settings.mongo.uri.get_secret_value() == "mongodb://from-file"
+
+
+def test_unreadable_secret_file_names_the_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, f"mongo:\n  uri_file: {tmp_path / 'missing'}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, {})
+    message = _problems(exc)["mongo.uri_file"]
+    assert "cannot read" in message
+    assert "No such file" in message
+
+
+def test_value_and_file_together_is_an_error(tmp_path: Path) -> None:
+    secret = tmp_path / "uri"
+    secret.write_text("x")
+    path = _write(tmp_path, f"mongo:\n  uri: a\n  uri_file: {secret}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, {})
+    assert "not both" in _problems(exc)["mongo.uri_file"]
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(tmp_path / "nope.yaml", {})
+    assert "cannot read the settings file" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(_write(tmp_path, "mongo: [\n"), {})
+    assert "not valid YAML" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(_write(tmp_path, "- a list\n"), {})
+    assert "mapping" in str(exc.value)
+
+
+def test_override_into_a_scalar_is_reported(tmp_path: Path) -> None:
+    path = _write(tmp_path, "mongo:\n  uri: x\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, {"BRIDGE__MONGO__URI__DEEP": "y"})
+    assert "BRIDGE__MONGO__URI__DEEP" in _problems(exc)
+
+
+def test_the_shipped_example_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "config.example.yaml"
+    settings = load_settings(example, {})
+    assert settings.mongo.database
