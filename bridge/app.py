@@ -1,0 +1,148 @@
+"""The composition root: builds the object graph from settings and owns its lifecycle.
+
+Start-up order: MongoDB -> stores -> adapters -> web server. Shutdown runs in
+reverse: on SIGTERM or SIGINT readiness turns false at once, then (after the
+configured grace) the web server stops taking requests and finishes those in
+flight, adapters stop, and the MongoDB client closes.
+
+This is the one module of ``bridge`` allowed to import ``adapters``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pymongo import AsyncMongoClient
+from pymongo.write_concern import WriteConcern
+
+from bridge.clock import SystemClock
+from bridge.config import Settings
+from bridge.errors import DependencyUnavailableError
+from bridge.ids import UlidFactory
+from bridge.metrics import BridgeMetrics
+from bridge.ports import Clock
+from bridge.timeline.mongo import MongoTimelineStore
+from bridge.timeline.state import MongoStateStore
+from bridge.web.health import Readiness
+from bridge.web.server import bound_port, build_web_app, start_site
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Bridge:
+    """The running object graph of one process."""
+
+    settings: Settings
+    clock: Clock
+    ids: UlidFactory
+    metrics: BridgeMetrics
+    readiness: Readiness
+    store: MongoTimelineStore
+    state: MongoStateStore
+    web_app: web.Application
+    port: int = 0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown: readiness turns false at once."""
+        if not self.stopping.is_set():
+            self.readiness.draining = True
+            self.stopping.set()
+
+
+def mongo_client(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
+    return AsyncMongoClient(
+        settings.mongo.uri.get_secret_value(),
+        tz_aware=True,
+        appname="incident-bridge",
+        serverSelectionTimeoutMS=int(settings.mongo.server_selection_timeout_s * 1000),
+        connect=False,
+    )
+
+
+async def wait_for_mongo(store: MongoTimelineStore, clock: Clock, timeout_s: float) -> None:
+    """Ping until MongoDB answers or the start-up deadline passes."""
+    deadline = clock.monotonic() + timeout_s
+    while True:
+        try:
+            await store.ping()
+        except DependencyUnavailableError:
+            if clock.monotonic() >= deadline:
+                raise
+            log.warning("mongodb_unreachable_retrying")
+            await asyncio.sleep(1.0)
+        else:
+            return
+
+
+async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None = None) -> None:
+    """Run the bridge until ``request_stop`` is called (by a signal or ``on_ready``'s owner)."""
+    clock = SystemClock()
+    metrics = BridgeMetrics()
+    async with AsyncExitStack() as stack:
+        client = mongo_client(settings)
+        stack.push_async_callback(client.close)
+        write_concern = WriteConcern(w=settings.mongo.write_concern, j=True)
+        store = MongoTimelineStore(
+            client,
+            settings.mongo.database,
+            clock=clock,
+            write_concern=write_concern,
+            outbox_retention=timedelta(days=settings.mongo.outbox_retention_days),
+        )
+        await wait_for_mongo(store, clock, settings.mongo.startup_timeout_s)
+        await store.ensure_indexes()
+        log.info("mongodb_ready", database=settings.mongo.database)
+
+        readiness = Readiness(timeout_s=settings.readiness.check_timeout_s, metrics=metrics)
+        readiness.add("mongodb", store.ping)
+        bridge = Bridge(
+            settings=settings,
+            clock=clock,
+            ids=UlidFactory(),
+            metrics=metrics,
+            readiness=readiness,
+            store=store,
+            state=MongoStateStore(store.database),
+            web_app=build_web_app(readiness, metrics),
+        )
+
+        runner = await start_site(
+            bridge.web_app,
+            host=settings.http.host,
+            port=settings.http.port,
+            shutdown_timeout=settings.shutdown.drain_timeout_s,
+        )
+        stack.push_async_callback(_stop_web, runner)
+        bridge.port = bound_port(runner)
+        log.info("bridge_started", host=settings.http.host, port=bridge.port)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, bridge, sig)
+            stack.callback(loop.remove_signal_handler, sig)
+        if on_ready is not None:
+            on_ready(bridge)
+        await bridge.stopping.wait()
+        if settings.shutdown.readiness_grace_s:
+            await asyncio.sleep(settings.shutdown.readiness_grace_s)
+        log.info("bridge_stopping")
+    log.info("bridge_stopped")
+
+
+def _on_signal(bridge: Bridge, sig: signal.Signals) -> None:
+    log.info("signal_received", signal=sig.name)
+    bridge.request_stop()
+
+
+async def _stop_web(runner: web.AppRunner) -> None:
+    await runner.cleanup()

@@ -1,0 +1,73 @@
+"""Prometheus metrics of one bridge process, on a registry of its own (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    gc_collector,
+    generate_latest,
+    platform_collector,
+    process_collector,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class BridgeMetrics:
+    """Every metric the bridge exports; one instance per composition root."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        process_collector.ProcessCollector(registry=self.registry)
+        platform_collector.PlatformCollector(registry=self.registry)
+        gc_collector.GCCollector(registry=self.registry)
+        r = self.registry
+        self.events_received = Counter(
+            "bridge_events_received",
+            "Events received from a platform, by platform and kind.",
+            ["platform", "kind"],
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            "bridge_events_duplicate",
+            "Redelivered events acknowledged without processing, by platform.",
+            ["platform"],
+            registry=r,
+        )
+        self.append_seconds = Histogram(
+            "bridge_timeline_append_seconds",
+            "Time to store one event durably (timeline and outbox).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "bridge_store_errors",
+            "Timeline store operations that failed.",
+            ["operation"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "bridge_deliveries",
+            "Outbound deliveries, by target platform and outcome (sent, retry, failed).",
+            ["platform", "outcome"],
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "bridge_delivery_seconds",
+            "From receiving an event to its delivery on the other platform.",
+            ["platform"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ready = Gauge(
+            "bridge_ready",
+            "1 when the process reports ready, by dependency.",
+            ["dependency"],
+            registry=r,
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
