@@ -124,7 +124,7 @@ async def test_timeline_is_ordered_and_paged_by_cursor(backend: Backend) -> None
     await backend.store.append(other, [])
 
     expected = [e.id for e in sorted(appended, key=lambda e: (e.occurred_at, e.id))]
-    seen = []
+    seen: list[str] = []
     cursor = None
     for _ in range(10):
         page = await backend.store.timeline(incident_id=IncidentID("INC-1"), cursor=cursor, limit=3)

@@ -31,14 +31,13 @@ def _imported_modules(path: Path) -> set[str]:
 
 
 def _violations(root: Path) -> list[str]:
-    found = []
-    for path in sorted(root.rglob("*.py")):
-        if path == COMPOSITION_ROOT:
-            continue
-        for module in _imported_modules(path):
-            if module.split(".")[0] in FORBIDDEN:
-                found.append(f"{path.relative_to(root.parent)} imports {module}")
-    return sorted(found)
+    return sorted(
+        f"{path.relative_to(root.parent)} imports {module}"
+        for path in root.rglob("*.py")
+        if path != COMPOSITION_ROOT
+        for module in _imported_modules(path)
+        if module.split(".")[0] in FORBIDDEN
+    )
 
 
 def test_core_imports_no_adapter_or_chat_sdk() -> None:

@@ -21,7 +21,7 @@ def test_json_lines_carry_bound_context_and_no_secrets() -> None:
     try:
         log.info(
             "event_stored",
-            hs_token="canary-hs-token",  # noqa: S106 - a canary, not a real secret
+            hs_token="canary-hs-token",
             uri="mongodb://bridge:canary-password@db:27017/x",
             detail={"access_token": "canary-nested"},
             header="Bearer canary-bearer",
