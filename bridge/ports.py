@@ -50,7 +50,8 @@ class InboundSink(Protocol):
     error so the platform delivers again.
     """
 
-    async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult]: ...
+    async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
+        """Store each event in order; ``None`` stands for an echo of the bridge, dropped."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

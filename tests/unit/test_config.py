@@ -112,3 +112,24 @@ def test_the_shipped_example_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "deploy" / "config.example.yaml"
     settings = load_settings(example, {})
     assert settings.mongo.database
+
+
+def test_enabled_platform_sections_name_what_they_miss(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, "mongo:\n  uri: x\nmatrix:\n  enabled: true\n  server_name: example.org\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, {})
+    message = _problems(exc)["matrix"]
+    assert message == (
+        "required when matrix.enabled is true: matrix.homeserver_url, matrix.as_token, "
+        "matrix.hs_token"
+    )
+
+
+def test_list_values_from_the_environment(tmp_path: Path) -> None:
+    path = _write(tmp_path, "mongo:\n  uri: x\n")
+    settings = load_settings(
+        path, {"BRIDGE__MATRIX__INVITES__SERVERS": "[example.org, ops.example.org]"}
+    )
+    assert settings.matrix.invites.servers == ("example.org", "ops.example.org")

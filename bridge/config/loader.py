@@ -15,63 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import ValidationError
 
+from bridge.config.core import Settings
 from bridge.errors import ConfigError, ConfigProblem
 
 ENV_PREFIX = "BRIDGE__"
 FILE_SUFFIX = "_file"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HttpSettings(_Section):
-    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
-    port: Annotated[int, Field(ge=0, le=65535)] = 8080
-    public_url: str = "http://localhost:8080"
-    """How platforms reach this daemon (the homeserver's AS URL, the Teams endpoint)."""
-
-
-class MongoSettings(_Section):
-    uri: SecretStr
-    """A MongoDB connection string; it may hold credentials, so it is never logged."""
-    database: str = "incident_bridge"
-    write_concern: str | int = "majority"
-    """The ``w`` of writes that acknowledge a platform (always journaled)."""
-    server_selection_timeout_s: Annotated[float, Field(gt=0, le=120)] = 3.0
-    startup_timeout_s: Annotated[float, Field(ge=0, le=600)] = 30.0
-    """How long start-up keeps trying to reach MongoDB before exiting with code 69."""
-    outbox_retention_days: Annotated[int, Field(ge=1, le=365)] = 7
-
-
-class LoggingSettings(_Section):
-    format: Literal["auto", "json", "console"] = "auto"
-    """``auto``: readable on a terminal, JSON otherwise."""
-    level: Literal["debug", "info", "warning", "error"] = "info"
-
-
-class ShutdownSettings(_Section):
-    readiness_grace_s: Annotated[float, Field(ge=0, le=60)] = 0.0
-    """After SIGTERM, keep serving (while /readyz says 503) this long before stopping intake."""
-    drain_timeout_s: Annotated[float, Field(gt=0, le=600)] = 20.0
-    """Deadline for in-flight requests and outbox deliveries to finish."""
-
-
-class ReadinessSettings(_Section):
-    check_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
-
-
-class Settings(_Section):
-    mongo: MongoSettings
-    http: HttpSettings = HttpSettings()
-    logging: LoggingSettings = LoggingSettings()
-    shutdown: ShutdownSettings = ShutdownSettings()
-    readiness: ReadinessSettings = ReadinessSettings()
 
 
 def load_settings(path: Path | None, environ: Mapping[str, str]) -> Settings:
@@ -137,7 +90,11 @@ def _scalar(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    return value if isinstance(value, str | int | float | bool) else text
+    if isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value):
+        return value  # a flow sequence such as [a, b]
+    return text
 
 
 def _resolve_files(
@@ -174,5 +131,5 @@ def _problem(error: Mapping[str, Any]) -> ConfigProblem:
     elif kind == "extra_forbidden":
         message = "unknown setting (misspelt?)"
     else:
-        message = str(error["msg"])
+        message = str(error["msg"]).removeprefix("Value error, ")
     return ConfigProblem(key_path, message)

@@ -1,0 +1,57 @@
+"""The settings model: one frozen section per concern, unknown keys rejected."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr
+
+from bridge.config.matrix import MatrixSettings
+from bridge.config.section import Section
+from bridge.config.teams import TeamsSettings
+
+
+class HttpSettings(Section):
+    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all interfaces
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    public_url: str = "http://localhost:8080"
+    """How platforms reach this daemon (the homeserver's AS URL, the Teams endpoint)."""
+
+
+class MongoSettings(Section):
+    uri: SecretStr
+    """A MongoDB connection string; it may hold credentials, so it is never logged."""
+    database: str = "incident_bridge"
+    write_concern: str | int = "majority"
+    """The ``w`` of writes that acknowledge a platform (always journaled)."""
+    server_selection_timeout_s: Annotated[float, Field(gt=0, le=120)] = 3.0
+    startup_timeout_s: Annotated[float, Field(ge=0, le=600)] = 30.0
+    """How long start-up keeps trying to reach MongoDB before exiting with code 69."""
+    outbox_retention_days: Annotated[int, Field(ge=1, le=365)] = 7
+
+
+class LoggingSettings(Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    """``auto``: readable on a terminal, JSON otherwise."""
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ShutdownSettings(Section):
+    readiness_grace_s: Annotated[float, Field(ge=0, le=60)] = 0.0
+    """After SIGTERM, keep serving (while /readyz says 503) this long before stopping intake."""
+    drain_timeout_s: Annotated[float, Field(gt=0, le=600)] = 20.0
+    """Deadline for in-flight requests and outbox deliveries to finish."""
+
+
+class ReadinessSettings(Section):
+    check_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+
+
+class Settings(Section):
+    mongo: MongoSettings
+    http: HttpSettings = HttpSettings()
+    logging: LoggingSettings = LoggingSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
+    readiness: ReadinessSettings = ReadinessSettings()
+    matrix: MatrixSettings = MatrixSettings()
+    teams: TeamsSettings = TeamsSettings()

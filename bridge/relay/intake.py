@@ -1,0 +1,116 @@
+"""Intake: the ``InboundSink`` every adapter hands its events to.
+
+For each event: drop echoes of the bridge's own bot and ghosts, resolve the
+room link (the targets) and relation targets, mint the event id, and append it
+with one outbox entry per target. It returns only when everything is durable;
+a failure raises ``StoreError`` so the adapter answers its platform with an
+error and the platform delivers again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import structlog
+
+from bridge.errors import StoreError
+from bridge.ids import UlidFactory
+from bridge.metrics import BridgeMetrics
+from bridge.model import (
+    AppendResult,
+    EventID,
+    InboundEvent,
+    Kind,
+    Relation,
+    RoomRef,
+    TimelineEvent,
+)
+from bridge.ports import ChatAdapter, Clock, TimelineStore
+
+log = structlog.get_logger(__name__)
+
+MIRRORED_KINDS = frozenset({Kind.MESSAGE, Kind.EDIT, Kind.REDACTION, Kind.REACTION})
+"""Kinds that are copied to the linked room; the rest are recorded only."""
+
+
+class Intake:
+    """Stores what adapters receive; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        store: TimelineStore,
+        clock: Clock,
+        ids: UlidFactory,
+        metrics: BridgeMetrics,
+        adapters: Sequence[ChatAdapter],
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._ids = ids
+        self._metrics = metrics
+        self._adapters = {a.platform: a for a in adapters}
+
+    def is_echo(self, event: InboundEvent) -> bool:
+        adapter = self._adapters.get(event.sender.platform)
+        return adapter is not None and adapter.is_own(event.sender)
+
+    async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
+        """Store each event in order; ``None`` stands for a dropped echo."""
+        return [await self._accept_one(event) for event in events]
+
+    async def _accept_one(self, inbound: InboundEvent) -> AppendResult | None:
+        platform = inbound.origin.platform.value
+        with structlog.contextvars.bound_contextvars(
+            platform=platform, room=inbound.origin.room.room_id, message=inbound.origin.message_id
+        ):
+            if self.is_echo(inbound):
+                log.debug("echo_dropped")
+                return None
+            self._metrics.events_received.labels(platform=platform, kind=inbound.kind.value).inc()
+            started = time.perf_counter()
+            try:
+                links = await self._store.links_for(inbound.origin.room)
+                targets: list[RoomRef] = (
+                    [link.other(inbound.origin.room) for link in links]
+                    if inbound.kind in MIRRORED_KINDS
+                    else []
+                )
+                relations = tuple([await self._resolve(r) for r in inbound.relations])
+                now = self._clock.now()
+                event = TimelineEvent(
+                    id=EventID(self._ids.new()),
+                    incident_id=next((lnk.incident_id for lnk in links if lnk.incident_id), None),
+                    kind=inbound.kind,
+                    origin=inbound.origin,
+                    origin_variant=inbound.origin_variant,
+                    sender=inbound.sender,
+                    body=inbound.body,
+                    occurred_at=inbound.occurred_at,
+                    received_at=now,
+                    relations=relations,
+                    data=inbound.data,
+                )
+                result = await self._store.append(event, targets)
+            except StoreError:
+                self._metrics.store_errors.labels(operation="append").inc()
+                log.warning("event_not_stored")
+                raise
+            self._metrics.append_seconds.observe(time.perf_counter() - started)
+            if result.duplicate:
+                self._metrics.events_duplicate.labels(platform=platform).inc()
+                log.info("event_redelivered", event_id=result.event.id)
+            else:
+                log.debug("event_stored", event_id=result.event.id, targets=len(targets))
+            return result
+
+    async def _resolve(self, relation: Relation) -> Relation:
+        """Attach the timeline event id of a relation's target, when the bridge knows it."""
+        if relation.event_id is not None:
+            return relation
+        target = await self._store.find_by_origin(relation.target, Kind.MESSAGE)
+        if target is None:
+            target = await self._store.find_by_mirror(relation.target)
+        return replace(relation, event_id=target.id) if target is not None else relation

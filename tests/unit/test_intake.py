@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import pytest
+
+from bridge.errors import StoreError
+from bridge.ids import UlidFactory
+from bridge.metrics import BridgeMetrics
+from bridge.model import (
+    Body,
+    InboundEvent,
+    IncidentID,
+    Kind,
+    Mirror,
+    MirrorStatus,
+    Platform,
+    Relation,
+    RelationKind,
+    RemoteMessageID,
+    RemoteRef,
+    RemoteUserID,
+    RoomLink,
+    Sender,
+)
+from bridge.relay.intake import Intake
+from bridge.timeline.memory import MemoryTimelineStore
+from tests.support.adapters import FakeAdapter
+from tests.support.fakes import ALICE, MATRIX_ROOM, TEAMS_ROOM, FakeClock
+
+GHOST = Sender(
+    platform=Platform.MATRIX, user_id=RemoteUserID("@teams_abc:example.org"), display_name="Bob"
+)
+
+
+def _inbound(message_id: str, *, sender: Sender = ALICE, **kwargs: object) -> InboundEvent:
+    return InboundEvent(
+        kind=kwargs.pop("kind", Kind.MESSAGE),  # type: ignore[arg-type]
+        origin=RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID(message_id)),
+        sender=sender,
+        occurred_at=FakeClock().now(),
+        body=Body(text="hi"),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def store() -> MemoryTimelineStore:
+    return MemoryTimelineStore(clock=FakeClock())
+
+
+@pytest.fixture
+def intake(store: MemoryTimelineStore) -> Intake:
+    return Intake(
+        store=store,
+        clock=FakeClock(),
+        ids=UlidFactory(),
+        metrics=BridgeMetrics(),
+        adapters=[FakeAdapter(Platform.MATRIX), FakeAdapter(Platform.TEAMS)],
+    )
+
+
+async def test_linked_message_is_stored_with_an_outbox_entry(
+    intake: Intake, store: MemoryTimelineStore
+) -> None:
+    await store.save_link(
+        RoomLink(
+            matrix_room=MATRIX_ROOM,
+            teams_room=TEAMS_ROOM,
+            incident_id=IncidentID("INC-1"),
+            created_at=FakeClock().now(),
+        )
+    )
+    (result,) = await intake.accept([_inbound("$1")])
+    assert result is not None
+    assert not result.duplicate
+    assert result.event.incident_id == "INC-1"
+    assert [m.room for m in result.event.mirrors] == [TEAMS_ROOM]
+    assert len(await store.pending_entries(TEAMS_ROOM, limit=5)) == 1
+
+    (again,) = await intake.accept([_inbound("$1")])
+    assert again is not None
+    assert again.duplicate
+    assert again.event.id == result.event.id
+
+
+async def test_echo_of_a_ghost_is_dropped_and_not_stored(
+    intake: Intake, store: MemoryTimelineStore
+) -> None:
+    assert await intake.accept([_inbound("$echo", sender=GHOST)]) == [None]
+    assert (await store.timeline(room=MATRIX_ROOM)).events == ()
+
+
+async def test_unlinked_room_is_recorded_but_not_mirrored(
+    intake: Intake, store: MemoryTimelineStore
+) -> None:
+    (result,) = await intake.accept([_inbound("$2")])
+    assert result is not None
+    assert result.event.mirrors == ()
+    assert await store.pending_entries(TEAMS_ROOM, limit=5) == []
+
+
+async def test_relations_resolve_to_originals_and_mirrors(
+    intake: Intake, store: MemoryTimelineStore
+) -> None:
+    (original,) = await intake.accept([_inbound("$orig")])
+    assert original is not None
+    # A message that came from Teams and was mirrored here as "$mirrored".
+    teams_event = _inbound("t1")
+    (from_teams,) = await intake.accept(
+        [
+            InboundEvent(
+                kind=Kind.MESSAGE,
+                origin=RemoteRef(room=TEAMS_ROOM, message_id=RemoteMessageID("t1")),
+                sender=teams_event.sender,
+                occurred_at=teams_event.occurred_at,
+            )
+        ]
+    )
+    assert from_teams is not None
+    await store.set_mirror(
+        from_teams.event.id,
+        Mirror(room=MATRIX_ROOM, status=MirrorStatus.SENT, message_id=RemoteMessageID("$mirrored")),
+    )
+    edit_target = RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID("$orig"))
+    reply_target = RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID("$mirrored"))
+    unknown = RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID("$before-the-bridge"))
+    (result,) = await intake.accept(
+        [
+            _inbound(
+                "$3",
+                relations=(
+                    Relation(kind=RelationKind.EDIT, target=edit_target),
+                    Relation(kind=RelationKind.REPLY, target=reply_target),
+                    Relation(kind=RelationKind.THREAD, target=unknown),
+                ),
+            )
+        ]
+    )
+    assert result is not None
+    assert [r.event_id for r in result.event.relations] == [
+        original.event.id,
+        from_teams.event.id,
+        None,
+    ]
+
+
+async def test_store_failure_propagates(intake: Intake, store: MemoryTimelineStore) -> None:
+    store.available = False
+    with pytest.raises(StoreError):
+        await intake.accept([_inbound("$4")])
