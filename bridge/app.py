@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,7 +28,9 @@ from bridge.config import Settings
 from bridge.errors import DependencyUnavailableError
 from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
-from bridge.ports import Clock
+from bridge.ports import ChatAdapter, Clock
+from bridge.relay.intake import Intake
+from bridge.runtime import AdapterContext, CliCommand
 from bridge.timeline.mongo import MongoTimelineStore
 from bridge.timeline.state import MongoStateStore
 from bridge.web.health import Readiness
@@ -49,6 +51,7 @@ class Bridge:
     store: MongoTimelineStore
     state: MongoStateStore
     web_app: web.Application
+    adapters: list[ChatAdapter] = field(default_factory=list)
     port: int = 0
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -116,6 +119,25 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             web_app=build_web_app(readiness, metrics),
         )
 
+        context = AdapterContext(
+            settings=settings,
+            clock=clock,
+            ids=bridge.ids,
+            metrics=metrics,
+            store=store,
+            state=bridge.state,
+            web_app=bridge.web_app,
+        )
+        bridge.adapters = build_adapters(context)
+        intake = Intake(
+            store=store, clock=clock, ids=bridge.ids, metrics=metrics, adapters=bridge.adapters
+        )
+        for adapter in bridge.adapters:
+            readiness.add(adapter.platform.value, _adapter_check(adapter))
+            await adapter.start(intake)
+            stack.push_async_callback(adapter.stop)
+            log.info("adapter_started", platform=adapter.platform.value)
+
         runner = await start_site(
             bridge.web_app,
             host=settings.http.host,
@@ -137,6 +159,26 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             await asyncio.sleep(settings.shutdown.readiness_grace_s)
         log.info("bridge_stopping")
     log.info("bridge_stopped")
+
+
+def build_adapters(context: AdapterContext) -> list[ChatAdapter]:
+    """The adapters enabled in the settings, not yet started."""
+    adapters: list[ChatAdapter] = []
+    return adapters
+
+
+def adapter_commands() -> list[CliCommand]:
+    """Subcommands the adapters add to ``incident-bridge``."""
+    commands: list[CliCommand] = []
+    return commands
+
+
+def _adapter_check(adapter: ChatAdapter) -> Callable[[], Awaitable[None]]:
+    async def check() -> None:
+        if not adapter.ready:
+            raise DependencyUnavailableError(adapter.platform.value, "adapter not ready")
+
+    return check
 
 
 def _on_signal(bridge: Bridge, sig: signal.Signals) -> None:

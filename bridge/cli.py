@@ -19,6 +19,7 @@ from bridge import exitcodes
 from bridge.config import Settings, load_settings
 from bridge.errors import BridgeError, ConfigError
 from bridge.logs import configure_logging
+from bridge.runtime import CliCommand
 
 CONFIG_ENV = "BRIDGE_CONFIG"
 
@@ -51,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exitcodes.OK if exc.code == 0 else exitcodes.USAGE
     if args.command == "check-config":
         return _check_config(args.config)
-    return _run(args.config)
+    if args.command == "run":
+        return _run(args.config)
+    command: CliCommand = args.extension
+    return command.run(args)
 
 
 def _load(path: Path | None) -> Settings:
@@ -77,7 +81,7 @@ def _check_config(path: Path) -> int:
 
 
 def _run(path: Path | None) -> int:
-    from bridge.app import serve  # noqa: PLC0415 - keep check-config free of the server stack
+    from bridge.app import serve  # noqa: PLC0415
 
     try:
         settings = _load(path)
