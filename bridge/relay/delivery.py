@@ -1,0 +1,309 @@
+"""Delivery: per-room ordered workers that drain the outbox into the other platform.
+
+One loop leases target rooms with due work (leases live in MongoDB, so each
+room is drained by one process at a time and a dead process's rooms are taken
+over when its leases expire). Each leased room gets one worker that sends its
+pending entries in event order; an entry that fails with a retryable error is
+rescheduled with capped, jittered exponential backoff (or the platform's
+Retry-After) and the room waits for it, so order is never broken. A permanent
+failure is recorded on the mirror and the room moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+import structlog
+
+from bridge.errors import DeliveryError, PermanentDeliveryError, StoreError
+from bridge.metrics import BridgeMetrics
+from bridge.model import (
+    EventID,
+    Kind,
+    Mirror,
+    MirrorStatus,
+    OutboxEntry,
+    Platform,
+    RelationKind,
+    RemoteMessageID,
+    RemoteRef,
+    RoomRef,
+    TimelineEvent,
+)
+from bridge.ports import (
+    ChatAdapter,
+    Clock,
+    OutboundMessage,
+    SupportsEdits,
+    SupportsReactions,
+    SupportsRedactions,
+    TimelineStore,
+)
+from bridge.tasks import TaskOwner
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverySettings:
+    lease_ttl_s: float = 30.0
+    poll_interval_s: float = 0.5
+    max_rooms: int = 64
+    batch: int = 50
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+
+
+def idempotency_key(event: TimelineEvent, room: RoomRef) -> str:
+    """Stable across retries and restarts, unique per (event, target room)."""
+    digest = hashlib.sha256(room.key.encode()).hexdigest()[:12]
+    return f"ib{event.id}{digest}"
+
+
+def backoff_delay(
+    attempts: int, retry_after: float | None, settings: DeliverySettings, jitter: float
+) -> float:
+    """Capped exponential backoff with jitter, never shorter than the platform asked."""
+    delay = min(settings.backoff_cap_s, settings.backoff_base_s * 2.0**attempts)
+    delay *= 0.5 + jitter
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return min(delay, settings.backoff_cap_s)
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        *,
+        store: TimelineStore,
+        clock: Clock,
+        adapters: Mapping[Platform, ChatAdapter],
+        metrics: BridgeMetrics,
+        owner: str,
+        settings: DeliverySettings = DeliverySettings(),
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._adapters = adapters
+        self._metrics = metrics
+        self._owner = owner
+        self._settings = settings
+        self._jitter = jitter
+        self._workers = TaskOwner("delivery")
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+
+    def notify(self) -> None:
+        """New work may be due: look now instead of at the next poll."""
+        self._wake.set()
+
+    @property
+    def active_rooms(self) -> int:
+        return len(self._active)
+
+    async def run(self) -> None:
+        """Lease and drain rooms until ``stop``."""
+        ttl = timedelta(seconds=self._settings.lease_ttl_s)
+        while not self._stopping:
+            self._wake.clear()
+            free = self._settings.max_rooms - len(self._active)
+            if free > 0:
+                try:
+                    rooms = await self._store.lease_rooms(
+                        self._owner, now=self._clock.now(), ttl=ttl, limit=free
+                    )
+                except StoreError:
+                    log.warning("outbox_lease_failed")
+                    rooms = []
+                for room in rooms:
+                    if room.key not in self._active and not self._stopping:
+                        task = self._workers.start(self._drain(room), name=room.key)
+                        self._active[room.key] = task
+                        task.add_done_callback(self._forget(room.key))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_s)
+
+    def _forget(self, key: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(_task: asyncio.Task[None]) -> None:
+            self._active.pop(key, None)
+
+        return done
+
+    async def stop(self, *, deadline_s: float) -> None:
+        """Stop leasing; let workers finish the entry in hand within the deadline."""
+        self._stopping = True
+        self._wake.set()
+        pending = list(self._active.values())
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=deadline_s)
+            if still:
+                log.warning("delivery_drain_deadline", rooms=len(still))
+        await self._workers.close()
+
+    async def _drain(self, room: RoomRef) -> None:
+        with structlog.contextvars.bound_contextvars(target=room.key):
+            try:
+                while not self._stopping:
+                    entries = await self._store.pending_entries(room, limit=self._settings.batch)
+                    if not entries or not await self._deliver_in_order(room, entries):
+                        break
+            except StoreError:
+                log.warning("delivery_store_failed")
+            finally:
+                try:
+                    await self._store.release_room(room, self._owner)
+                except StoreError:
+                    log.warning("outbox_release_failed")  # the lease expires on its own
+
+    async def _deliver_in_order(self, room: RoomRef, entries: list[OutboxEntry]) -> bool:
+        """Deliver entries in order; False when the room must wait (head not due)."""
+        for entry in entries:
+            if self._stopping:
+                return False
+            if entry.not_before is not None and entry.not_before > self._clock.now():
+                return False
+            if not await self._deliver_one(room, entry):
+                return False
+        return True
+
+    async def _deliver_one(self, room: RoomRef, entry: OutboxEntry) -> bool:
+        event = await self._store.get(entry.event_id)
+        if event is None:
+            await self._store.fail_entry(entry.id, error="event missing")
+            return True
+        mirror = event.mirror_in(room) or Mirror(room=room)
+        if mirror.status in (MirrorStatus.SENT, MirrorStatus.FAILED):
+            await self._store.complete_entry(entry.id)  # settled before a crash
+            return True
+        adapter = self._adapters.get(room.platform)
+        if adapter is None:
+            await self._settle(event, entry, mirror, error=f"no {room.platform.value} adapter")
+            return True
+        with structlog.contextvars.bound_contextvars(event_id=event.id, kind=event.kind.value):
+            try:
+                remote = await self._send(adapter, event, room)
+            except PermanentDeliveryError as exc:
+                await self._settle(event, entry, mirror, error=str(exc))
+                return True
+            except DeliveryError as exc:
+                delay = backoff_delay(
+                    entry.attempts, exc.retry_after, self._settings, self._jitter()
+                )
+                now = self._clock.now()
+                await self._store.set_mirror(
+                    event.id,
+                    replace(
+                        mirror,
+                        status=MirrorStatus.RETRYING,
+                        attempts=mirror.attempts + 1,
+                        error=str(exc),
+                        updated_at=now,
+                    ),
+                )
+                await self._store.retry_entry(
+                    entry.id, not_before=now + timedelta(seconds=delay), error=str(exc)
+                )
+                self._metrics.deliveries.labels(platform=room.platform.value, outcome="retry").inc()
+                log.info("delivery_retry_scheduled", delay_s=round(delay, 3), error=str(exc))
+                return False
+            now = self._clock.now()
+            await self._store.set_mirror(
+                event.id,
+                replace(
+                    mirror,
+                    status=MirrorStatus.SENT,
+                    message_id=remote,
+                    attempts=mirror.attempts + 1,
+                    error=None,
+                    updated_at=now,
+                ),
+            )
+            await self._store.complete_entry(entry.id)
+            self._metrics.deliveries.labels(platform=room.platform.value, outcome="sent").inc()
+            self._metrics.delivery_seconds.labels(platform=room.platform.value).observe(
+                max(0.0, (now - event.received_at).total_seconds())
+            )
+            return True
+
+    async def _settle(
+        self, event: TimelineEvent, entry: OutboxEntry, mirror: Mirror, *, error: str
+    ) -> None:
+        await self._store.set_mirror(
+            event.id,
+            replace(
+                mirror,
+                status=MirrorStatus.FAILED,
+                attempts=mirror.attempts + 1,
+                error=error,
+                updated_at=self._clock.now(),
+            ),
+        )
+        await self._store.fail_entry(entry.id, error=error)
+        self._metrics.deliveries.labels(
+            platform=entry.target.platform.value, outcome="failed"
+        ).inc()
+        log.warning("delivery_failed", error=error)
+
+    async def _remote_in(self, event_id: EventID | None, room: RoomRef) -> RemoteRef | None:
+        """Where a timeline event lives in ``room``: its origin there, or its mirror."""
+        if event_id is None:
+            return None
+        target = await self._store.get(event_id)
+        if target is None:
+            return None
+        if target.origin.room == room:
+            return target.origin
+        mirror = target.mirror_in(room)
+        if mirror is not None and mirror.message_id is not None:
+            return RemoteRef(room=room, message_id=mirror.message_id)
+        return None
+
+    async def _send(
+        self, adapter: ChatAdapter, event: TimelineEvent, room: RoomRef
+    ) -> RemoteMessageID | None:
+        key = idempotency_key(event, room)
+        if event.kind is Kind.MESSAGE:
+            reply = event.relation(RelationKind.REPLY)
+            thread = event.relation(RelationKind.THREAD)
+            reply_ref = await self._remote_in(reply.event_id if reply else None, room)
+            thread_ref = await self._remote_in(thread.event_id if thread else None, room)
+            message = OutboundMessage(
+                event=event,
+                target=room,
+                reply_to=reply_ref.message_id if reply_ref else None,
+                thread_root=thread_ref.message_id if thread_ref else None,
+            )
+            return (await adapter.send(message, idempotency_key=key)).message_id
+        relation_kind = {
+            Kind.EDIT: RelationKind.EDIT,
+            Kind.REDACTION: RelationKind.REDACTION,
+            Kind.REACTION: RelationKind.REACTION,
+        }.get(event.kind)
+        relation = event.relation(relation_kind) if relation_kind else None
+        if relation is None:
+            raise PermanentDeliveryError(f"{event.kind.value} events are not mirrored")
+        target = await self._remote_in(relation.event_id, room)
+        if target is None:
+            raise PermanentDeliveryError("the target message was never bridged")
+        if event.kind is Kind.EDIT and isinstance(adapter, SupportsEdits):
+            await adapter.edit(
+                target, OutboundMessage(event=event, target=room), idempotency_key=key
+            )
+            return target.message_id
+        if event.kind is Kind.REDACTION and isinstance(adapter, SupportsRedactions):
+            await adapter.redact(target, event.sender, idempotency_key=key)
+            return target.message_id
+        if event.kind is Kind.REACTION and isinstance(adapter, SupportsReactions):
+            key_text = relation.key or event.body.text
+            return (
+                await adapter.react(target, event.sender, key_text, idempotency_key=key)
+            ).message_id
+        raise PermanentDeliveryError(f"{room.platform.value} cannot carry {event.kind.value}")
