@@ -11,7 +11,10 @@ This is the one module of ``bridge`` allowed to import ``adapters``.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -29,8 +32,10 @@ from bridge.errors import DependencyUnavailableError
 from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
 from bridge.ports import ChatAdapter, Clock
+from bridge.relay.delivery import DeliveryService
 from bridge.relay.intake import Intake
 from bridge.runtime import AdapterContext, CliCommand
+from bridge.tasks import TaskOwner
 from bridge.timeline.mongo import MongoTimelineStore
 from bridge.timeline.state import MongoStateStore
 from bridge.web.health import Readiness
@@ -129,14 +134,31 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             web_app=bridge.web_app,
         )
         bridge.adapters = build_adapters(context)
+        delivery = DeliveryService(
+            store=store,
+            clock=clock,
+            adapters={a.platform: a for a in bridge.adapters},
+            metrics=metrics,
+            owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        )
         intake = Intake(
-            store=store, clock=clock, ids=bridge.ids, metrics=metrics, adapters=bridge.adapters
+            store=store,
+            clock=clock,
+            ids=bridge.ids,
+            metrics=metrics,
+            adapters=bridge.adapters,
+            on_stored=delivery.notify,
         )
         for adapter in bridge.adapters:
             readiness.add(adapter.platform.value, _adapter_check(adapter))
             await adapter.start(intake)
             stack.push_async_callback(adapter.stop)
             log.info("adapter_started", platform=adapter.platform.value)
+
+        tasks = TaskOwner("bridge")
+        stack.push_async_callback(tasks.close)
+        tasks.start(delivery.run(), name="delivery")
+        stack.push_async_callback(delivery.stop, deadline_s=settings.shutdown.drain_timeout_s)
 
         runner = await start_site(
             bridge.web_app,
@@ -164,13 +186,18 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
 def build_adapters(context: AdapterContext) -> list[ChatAdapter]:
     """The adapters enabled in the settings, not yet started."""
     adapters: list[ChatAdapter] = []
+    if context.settings.matrix.enabled:
+        from adapters.matrix import create_adapter as create_matrix  # noqa: PLC0415
+
+        adapters.append(create_matrix(context))
     return adapters
 
 
 def adapter_commands() -> list[CliCommand]:
     """Subcommands the adapters add to ``incident-bridge``."""
-    commands: list[CliCommand] = []
-    return commands
+    from adapters.matrix import COMMANDS as MATRIX_COMMANDS  # noqa: PLC0415
+
+    return [*MATRIX_COMMANDS]
 
 
 def _adapter_check(adapter: ChatAdapter) -> Callable[[], Awaitable[None]]:

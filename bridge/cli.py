@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="validate a settings file and report every error"
     )
     check.add_argument("config", type=Path, help="settings file to check")
+    from bridge.app import adapter_commands  # noqa: PLC0415 - the composition root knows adapters
+
+    for command in adapter_commands():
+        sub = commands.add_parser(command.name, help=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(extension=command)
     return parser
 
 

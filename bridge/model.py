@@ -131,6 +131,10 @@ class Relation:
     """The reaction key (an emoji) for reactions."""
 
 
+def first_relation(relations: tuple[Relation, ...], kind: RelationKind) -> Relation | None:
+    return next((r for r in relations if r.kind is kind), None)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Mirror:
     """The copy of an event in one linked room on the other platform."""
@@ -158,6 +162,9 @@ class InboundEvent:
     data: Mapping[str, Any] = field(default_factory=dict)
     """Kind-specific structured payload (membership changes, command arguments...)."""
 
+    def relation(self, kind: RelationKind) -> Relation | None:
+        return first_relation(self.relations, kind)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimelineEvent:
@@ -177,7 +184,7 @@ class TimelineEvent:
     data: Mapping[str, Any] = field(default_factory=dict)
 
     def relation(self, kind: RelationKind) -> Relation | None:
-        return next((r for r in self.relations if r.kind is kind), None)
+        return first_relation(self.relations, kind)
 
     def mirror_in(self, room: RoomRef) -> Mirror | None:
         return next((m for m in self.mirrors if m.room == room), None)

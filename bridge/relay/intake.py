@@ -10,7 +10,7 @@ error and the platform delivers again.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import structlog
@@ -46,12 +46,15 @@ class Intake:
         ids: UlidFactory,
         metrics: BridgeMetrics,
         adapters: Sequence[ChatAdapter],
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
+        """``on_stored`` is told when new outbox work exists (to wake delivery at once)."""
         self._store = store
         self._clock = clock
         self._ids = ids
         self._metrics = metrics
         self._adapters = {a.platform: a for a in adapters}
+        self._on_stored = on_stored
 
     def is_echo(self, event: InboundEvent) -> bool:
         adapter = self._adapters.get(event.sender.platform)
@@ -59,7 +62,10 @@ class Intake:
 
     async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
         """Store each event in order; ``None`` stands for a dropped echo."""
-        return [await self._accept_one(event) for event in events]
+        results = [await self._accept_one(event) for event in events]
+        if self._on_stored is not None and any(r and not r.duplicate for r in results):
+            self._on_stored()
+        return results
 
     async def _accept_one(self, inbound: InboundEvent) -> AppendResult | None:
         platform = inbound.origin.platform.value

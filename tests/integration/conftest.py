@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from devtools.servers import MongoServer, SynapseServer
+from tests.integration.matrix_fixtures import MatrixAppService, make_app_service
 
 _INTEGRATION_DIR = Path(__file__).resolve().parent
 
@@ -40,9 +41,15 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
 
 
 @pytest.fixture(scope="session")
-def synapse_app_service_files() -> list[Path]:
-    """Registration files the session's Synapse loads; override to add application services."""
-    return []
+def matrix_app_service(tmp_path_factory: pytest.TempPathFactory) -> MatrixAppService:
+    """The bridge's application-service registration, loaded by the session's Synapse."""
+    return make_app_service(tmp_path_factory.mktemp("appservice"))
+
+
+@pytest.fixture(scope="session")
+def synapse_app_service_files(matrix_app_service: MatrixAppService) -> list[Path]:
+    """Registration files the session's Synapse loads."""
+    return [matrix_app_service.path]
 
 
 @pytest.fixture(scope="session")
