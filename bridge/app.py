@@ -30,7 +30,9 @@ from bridge.clock import SystemClock
 from bridge.config import Settings
 from bridge.errors import DependencyUnavailableError
 from bridge.ids import UlidFactory
+from bridge.links import CONFIGURATION, LinkService
 from bridge.metrics import BridgeMetrics
+from bridge.model import Platform, RemoteRoomID, RoomLink, RoomRef
 from bridge.ports import ChatAdapter, Clock
 from bridge.relay.delivery import DeliveryService
 from bridge.relay.intake import Intake
@@ -154,6 +156,21 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             await adapter.start(intake)
             stack.push_async_callback(adapter.stop)
             log.info("adapter_started", platform=adapter.platform.value)
+
+        links = LinkService(store=store, clock=clock, ids=bridge.ids, adapters=bridge.adapters)
+        for configured in settings.links:
+            await links.link(
+                RoomLink(
+                    matrix_room=RoomRef(
+                        platform=Platform.MATRIX, room_id=RemoteRoomID(configured.matrix_room)
+                    ),
+                    teams_room=RoomRef(
+                        platform=Platform.TEAMS, room_id=RemoteRoomID(configured.teams_conversation)
+                    ),
+                    created_at=clock.now(),
+                ),
+                by=CONFIGURATION,
+            )
 
         tasks = TaskOwner("bridge")
         stack.push_async_callback(tasks.close)

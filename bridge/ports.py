@@ -113,6 +113,12 @@ class SupportsRoomCreation(Protocol):
 
 
 @runtime_checkable
+class SupportsLinkAnnouncements(Protocol):
+    async def announce_link(self, link: RoomLink) -> None:
+        """Mark the platform's room as bridged (e.g. Matrix bridge metadata state events)."""
+
+
+@runtime_checkable
 class SupportsMedia(Protocol):
     async def download(self, attachment: Attachment, *, max_bytes: int) -> bytes: ...
 

@@ -29,7 +29,7 @@ from adapters.matrix.ids import GhostNamespace, MatrixRoomID, server_of
 from adapters.matrix.outbound import MatrixSender
 from bridge.config import MatrixSettings
 from bridge.errors import BridgeError
-from bridge.model import Attachment, Platform, RemoteRef, Sender
+from bridge.model import Attachment, Platform, RemoteRef, RoomLink, Sender
 from bridge.ports import Clock, InboundSink, OutboundMessage, StateStore
 from bridge.tasks import TaskOwner
 
@@ -54,10 +54,12 @@ class MatrixAdapter:
         state: StateStore,
         clock: Clock,
         owned_session: aiohttp.ClientSession | None = None,
+        health_interval_s: float = HEALTH_INTERVAL_S,
     ) -> None:
         """``owned_session``, if given, is the HTTP session the adapter closes when it stops."""
         assert settings.hs_token is not None
         self._owned_session = owned_session
+        self._health_interval = health_interval_s
         self._settings = settings
         self._client = client
         self._sender = sender
@@ -114,7 +116,7 @@ class MatrixAdapter:
                 await asyncio.sleep(delay)
                 delay = min(RETRY_MAX_S, delay * 2)
         while True:
-            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await asyncio.sleep(self._health_interval)
             try:
                 await self._client.request("GET", "/_matrix/client/versions")
             except BridgeError as exc:
@@ -254,6 +256,13 @@ class MatrixAdapter:
 
     async def download(self, attachment: Attachment, *, max_bytes: int) -> bytes:
         return await self._sender.download(attachment, max_bytes=max_bytes)
+
+    async def announce_link(self, link: RoomLink) -> None:
+        await self.set_bridge_info(
+            MatrixRoomID(link.matrix_room.room_id),
+            teams_conversation_id=link.teams_room.room_id,
+            teams_display_name=link.teams_room.room_id,
+        )
 
     async def set_bridge_info(
         self, room_id: MatrixRoomID, *, teams_conversation_id: str, teams_display_name: str

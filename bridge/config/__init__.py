@@ -5,6 +5,7 @@ See ``loader`` for the override and ``*_file`` schemes.
 
 from bridge.config.core import (
     HttpSettings,
+    LinkSettings,
     LoggingSettings,
     MongoSettings,
     ReadinessSettings,
@@ -18,6 +19,7 @@ from bridge.config.teams import TeamsSettings
 __all__ = [
     "ENV_PREFIX",
     "HttpSettings",
+    "LinkSettings",
     "LoggingSettings",
     "MatrixSettings",
     "MongoSettings",

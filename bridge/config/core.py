@@ -47,6 +47,16 @@ class ReadinessSettings(Section):
     check_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
 
 
+class LinkSettings(Section):
+    """A room pair linked by configuration."""
+
+    matrix_room: Annotated[str, Field(pattern=r"^!.+")]
+    """A Matrix room id (``!...``); the bot must be invited to it."""
+    teams_conversation: Annotated[str, Field(min_length=3)]
+    """A Teams conversation id: a channel (``19:...@thread.tacv2``), a thread
+    (``...;messageid=<root>``) or a chat."""
+
+
 class Settings(Section):
     mongo: MongoSettings
     http: HttpSettings = HttpSettings()
@@ -55,3 +65,4 @@ class Settings(Section):
     readiness: ReadinessSettings = ReadinessSettings()
     matrix: MatrixSettings = MatrixSettings()
     teams: TeamsSettings = TeamsSettings()
+    links: tuple[LinkSettings, ...] = ()

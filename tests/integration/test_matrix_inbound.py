@@ -6,12 +6,15 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import aiohttp
 import pytest
 
 from adapters.matrix.appservice import TRANSACTIONS_NAMESPACE
+from bridge.clock import SystemClock
 from bridge.ids import UlidFactory
+from bridge.links import CONFIGURATION, LinkService
 from bridge.model import (
     Body,
     EventID,
@@ -347,3 +350,37 @@ async def test_a_ghosts_own_message_coming_back_is_not_bridged_again(
         RemoteRef(room=matrix_room, message_id=sent.message_id), Kind.MESSAGE
     )
     assert ghost_events is None
+
+
+async def test_linking_a_room_marks_it_with_bridge_metadata(
+    bridge: MatrixBridgeHarness, people: People
+) -> None:
+    alice = people.alice
+    room_id = await _room_with_bot(bridge, alice)
+    bot = bridge.appservice.registration.namespace.bot
+    levels = await alice.call(
+        "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.power_levels"
+    )
+    levels.setdefault("users", {})[bot] = 50
+    await alice.call(
+        "PUT", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.power_levels", json=levels
+    )
+    assert bridge.store is not None
+    assert bridge.adapter is not None
+    links = LinkService(
+        store=bridge.store, clock=SystemClock(), ids=UlidFactory(), adapters=[bridge.adapter]
+    )
+    link = RoomLink(
+        matrix_room=RoomRef(platform=Platform.MATRIX, room_id=RemoteRoomID(room_id)),
+        teams_room=TEAMS_ROOM,
+        created_at=datetime.now(UTC),
+    )
+    await links.link(link, by=CONFIGURATION)
+    key = quote(f"incident-bridge://msteams/{TEAMS_ROOM.room_id}", safe="")
+    for event_type in ("m.bridge", "uk.half-shot.bridge"):
+        state = await alice.call(
+            "GET", f"/_matrix/client/v3/rooms/{quote(room_id)}/state/{event_type}/{key}"
+        )
+        assert state["bridgebot"] == bot
+        assert state["channel"]["id"] == TEAMS_ROOM.room_id
+        assert state["protocol"]["id"] == "msteams"

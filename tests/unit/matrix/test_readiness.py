@@ -1,0 +1,129 @@
+"""Readiness follows the homeserver: registered, pinged, and still answering."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from adapters.matrix.adapter import MatrixAdapter
+from adapters.matrix.client import MatrixClient
+from adapters.matrix.ghosts import GhostManager
+from adapters.matrix.ids import GhostNamespace
+from adapters.matrix.media import MatrixMediaDownloader
+from adapters.matrix.outbound import MatrixSender
+from bridge.config import MatrixSettings
+from bridge.model import AppendResult, InboundEvent
+from bridge.timeline.memory import MemoryStateStore
+from tests.support.fakes import FakeClock
+from tests.support.waiting import eventually
+
+
+@dataclass
+class FakeHomeserver:
+    up: bool = True
+    pings: int = 0
+    requests: int = 0
+
+    def app(self) -> web.Application:
+        async def ok(_request: web.Request) -> web.Response:
+            self.requests += 1
+            if not self.up:
+                return web.json_response({"errcode": "M_UNKNOWN"}, status=502)
+            return web.json_response({})
+
+        async def ping(request: web.Request) -> web.Response:
+            self.pings += 1
+            return await ok(request)
+
+        app = web.Application()
+        app.router.add_post("/_matrix/client/v3/register", ok)
+        app.router.add_put("/_matrix/client/v3/profile/{user}/displayname", ok)
+        app.router.add_post("/_matrix/client/v1/appservice/{id}/ping", ping)
+        app.router.add_get("/_matrix/client/versions", ok)
+        return app
+
+
+class NoSink:
+    async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
+        return []
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[tuple[FakeHomeserver, MatrixAdapter]]:
+    homeserver = FakeHomeserver()
+    server = TestServer(homeserver.app())
+    await server.start_server()
+    settings = MatrixSettings(
+        enabled=True,
+        homeserver_url=str(server.make_url("")),
+        server_name="example.org",
+        as_token=SecretStr("as"),
+        hs_token=SecretStr("hs"),
+    )
+    namespace = GhostNamespace(prefix="teams_", server_name="example.org", bot_localpart="b")
+    session = aiohttp.ClientSession()
+    client = MatrixClient(
+        session=session, base_url=settings.homeserver_url, as_token="as", max_attempts=1
+    )
+    ghosts = GhostManager(client=client, namespace=namespace, cache_size=16)
+    sender = MatrixSender(
+        client=client,
+        ghosts=ghosts,
+        namespace=namespace,
+        max_media_bytes=1024,
+        media=MatrixMediaDownloader(
+            session=session, base_url=settings.homeserver_url, as_token="as"
+        ),
+    )
+    adapter = MatrixAdapter(
+        settings=settings,
+        client=client,
+        sender=sender,
+        namespace=namespace,
+        state=MemoryStateStore(),
+        clock=FakeClock(),
+        owned_session=session,
+        health_interval_s=0.02,
+    )
+    yield homeserver, adapter
+    await adapter.stop()
+    await server.close()
+
+
+async def test_ready_tracks_the_homeserver(rig: tuple[FakeHomeserver, MatrixAdapter]) -> None:
+    homeserver, adapter = rig
+    assert not adapter.ready
+    await adapter.start(NoSink())
+
+    async def ready() -> bool:
+        return adapter.ready
+
+    async def not_ready() -> bool:
+        return not adapter.ready
+
+    await eventually(ready, within=5, what="ready after the AS ping")
+    assert homeserver.pings == 1
+    homeserver.up = False
+    await eventually(not_ready, within=5, what="not ready while the homeserver fails")
+    homeserver.up = True
+    await eventually(ready, within=5, what="ready again")
+
+
+async def test_not_ready_until_the_homeserver_answers_the_ping(
+    rig: tuple[FakeHomeserver, MatrixAdapter],
+) -> None:
+    homeserver, adapter = rig
+    homeserver.up = False
+    await adapter.start(NoSink())
+
+    async def tried() -> bool:
+        return homeserver.requests > 0
+
+    await eventually(tried, within=5, what="a first attempt")
+    assert not adapter.ready
