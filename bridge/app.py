@@ -15,7 +15,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,12 +27,17 @@ from pymongo import AsyncMongoClient
 from pymongo.write_concern import WriteConcern
 
 from bridge.clock import SystemClock
+from bridge.commands.bridge_commands import BridgeCommands
+from bridge.commands.permissions import Authorizer
+from bridge.commands.processor import CommandProcessor
+from bridge.commands.queue import CommandQueue
+from bridge.commands.registry import CommandRegistry
 from bridge.config import Settings
 from bridge.errors import DependencyUnavailableError
 from bridge.ids import UlidFactory
 from bridge.links import CONFIGURATION, LinkService
 from bridge.metrics import BridgeMetrics
-from bridge.model import Platform, RemoteRoomID, RoomLink, RoomRef
+from bridge.model import AppendResult, Platform, RemoteRoomID, RoomLink, RoomRef
 from bridge.ports import ChatAdapter, Clock
 from bridge.relay.delivery import DeliveryService
 from bridge.relay.intake import Intake
@@ -143,13 +148,20 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             metrics=metrics,
             owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
         )
+        links = LinkService(store=store, clock=clock, ids=bridge.ids, adapters=bridge.adapters)
+        commands = build_commands(bridge, links, delivery)
+
+        async def on_stored(results: Sequence[AppendResult]) -> None:
+            delivery.notify()
+            await commands.offer(results)
+
         intake = Intake(
             store=store,
             clock=clock,
             ids=bridge.ids,
             metrics=metrics,
             adapters=bridge.adapters,
-            on_stored=delivery.notify,
+            on_stored=on_stored,
         )
         for adapter in bridge.adapters:
             readiness.add(adapter.platform.value, _adapter_check(adapter))
@@ -157,7 +169,6 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             stack.push_async_callback(adapter.stop)
             log.info("adapter_started", platform=adapter.platform.value)
 
-        links = LinkService(store=store, clock=clock, ids=bridge.ids, adapters=bridge.adapters)
         for configured in settings.links:
             await links.link(
                 RoomLink(
@@ -176,6 +187,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
         stack.push_async_callback(tasks.close)
         tasks.start(delivery.run(), name="delivery")
         stack.push_async_callback(delivery.stop, deadline_s=settings.shutdown.drain_timeout_s)
+        commands.start()
+        stack.push_async_callback(commands.stop)
 
         runner = await start_site(
             bridge.web_app,
@@ -198,6 +211,29 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             await asyncio.sleep(settings.shutdown.readiness_grace_s)
         log.info("bridge_stopping")
     log.info("bridge_stopped")
+
+
+def build_commands(bridge: Bridge, links: LinkService, delivery: DeliveryService) -> CommandQueue:
+    """The chat command layer: registry, permissions, processor, and its bounded queue."""
+    settings = bridge.settings
+    registry = CommandRegistry()
+    BridgeCommands(
+        store=bridge.store,
+        state=bridge.state,
+        links=links,
+        clock=bridge.clock,
+        code_ttl=timedelta(seconds=settings.commands.pairing_code_ttl_s),
+    ).register(registry)
+    processor = CommandProcessor(
+        store=bridge.store,
+        clock=bridge.clock,
+        ids=bridge.ids,
+        registry=registry,
+        authorizer=Authorizer(settings.commands, {a.platform: a for a in bridge.adapters}),
+        metrics=bridge.metrics,
+        on_stored=delivery.notify,
+    )
+    return CommandQueue(processor)
 
 
 def build_adapters(context: AdapterContext) -> list[ChatAdapter]:

@@ -62,6 +62,12 @@ class BridgeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.commands = Counter(
+            "bridge_commands",
+            "Chat commands handled, by outcome (ok, usage, denied, failed, error).",
+            ["outcome"],
+            registry=r,
+        )
         self.ready = Gauge(
             "bridge_ready",
             "1 when the process reports ready, by dependency.",

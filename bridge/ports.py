@@ -26,6 +26,7 @@ from bridge.model import (
     Platform,
     RemoteMessageID,
     RemoteRef,
+    RemoteUserID,
     RoomLink,
     RoomRef,
     Sender,
@@ -116,6 +117,12 @@ class SupportsRoomCreation(Protocol):
 class SupportsLinkAnnouncements(Protocol):
     async def announce_link(self, link: RoomLink) -> None:
         """Mark the platform's room as bridged (e.g. Matrix bridge metadata state events)."""
+
+
+@runtime_checkable
+class SupportsPrivilege(Protocol):
+    async def privilege(self, room: RoomRef, user_id: RemoteUserID) -> int:
+        """The user's privilege in the room, 0-100 (Matrix: the power level)."""
 
 
 @runtime_checkable

@@ -47,6 +47,21 @@ class ReadinessSettings(Section):
     check_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
 
 
+class OperatorSettings(Section):
+    matrix: tuple[str, ...] = ()
+    """MXIDs allowed to run operator commands (linking, unlinking) anywhere."""
+    teams: tuple[str, ...] = ()
+    """AAD object ids allowed to run operator commands anywhere."""
+
+
+class CommandSettings(Section):
+    operators: OperatorSettings = OperatorSettings()
+    matrix_power_level: Annotated[int, Field(ge=0, le=100)] = 50
+    """Matrix users at or above this power level in the room are operators there."""
+    pairing_code_ttl_s: Annotated[int, Field(ge=30, le=3600)] = 600
+    """How long a ``!bridge link`` code stays valid."""
+
+
 class LinkSettings(Section):
     """A room pair linked by configuration."""
 
@@ -66,3 +81,4 @@ class Settings(Section):
     matrix: MatrixSettings = MatrixSettings()
     teams: TeamsSettings = TeamsSettings()
     links: tuple[LinkSettings, ...] = ()
+    commands: CommandSettings = CommandSettings()

@@ -270,7 +270,7 @@ class DeliveryService:
         self, adapter: ChatAdapter, event: TimelineEvent, room: RoomRef
     ) -> RemoteMessageID | None:
         key = idempotency_key(event, room)
-        if event.kind is Kind.MESSAGE:
+        if event.kind in (Kind.MESSAGE, Kind.NOTICE):
             reply = event.relation(RelationKind.REPLY)
             thread = event.relation(RelationKind.THREAD)
             reply_ref = await self._remote_in(reply.event_id if reply else None, room)

@@ -10,7 +10,7 @@ error and the platform delivers again.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 import structlog
@@ -46,9 +46,9 @@ class Intake:
         ids: UlidFactory,
         metrics: BridgeMetrics,
         adapters: Sequence[ChatAdapter],
-        on_stored: Callable[[], None] | None = None,
+        on_stored: Callable[[Sequence[AppendResult]], Awaitable[None]] | None = None,
     ) -> None:
-        """``on_stored`` is told when new outbox work exists (to wake delivery at once)."""
+        """``on_stored`` gets each batch of stored events (to wake delivery, run commands)."""
         self._store = store
         self._clock = clock
         self._ids = ids
@@ -63,8 +63,9 @@ class Intake:
     async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
         """Store each event in order; ``None`` stands for a dropped echo."""
         results = [await self._accept_one(event) for event in events]
-        if self._on_stored is not None and any(r and not r.duplicate for r in results):
-            self._on_stored()
+        stored = [r for r in results if r is not None]
+        if self._on_stored is not None and stored:
+            await self._on_stored(stored)
         return results
 
     async def _accept_one(self, inbound: InboundEvent) -> AppendResult | None:

@@ -1,0 +1,1 @@
+"""Chat commands shared by both platforms: parsing, permissions, dispatch, replies."""
