@@ -32,10 +32,14 @@ class MongoStateStore:
         return True
 
     async def put(self, namespace: str, key: str, value: Mapping[str, Any]) -> None:
+        document = {**value, "_id": key}
         async with store_errors("recording adapter state"):
-            await self._collection(namespace).replace_one(
-                {"_id": key}, {**value, "_id": key}, upsert=True
-            )
+            try:
+                await self._collection(namespace).replace_one({"_id": key}, document, upsert=True)
+            except DuplicateKeyError:
+                # Two first writers raced to insert; the other one's insert won, so
+                # this write is now a plain replace of an existing document.
+                await self._collection(namespace).replace_one({"_id": key}, document)
 
     async def get(self, namespace: str, key: str) -> dict[str, Any] | None:
         async with store_errors("reading adapter state"):
