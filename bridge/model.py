@@ -161,6 +161,9 @@ class InboundEvent:
     relations: tuple[Relation, ...] = ()
     data: Mapping[str, Any] = field(default_factory=dict)
     """Kind-specific structured payload (membership changes, command arguments...)."""
+    parent_room: RoomRef | None = None
+    """The larger room this one belongs to (a Teams channel for one of its threads): a
+    link of the parent covers this room too."""
 
     def relation(self, kind: RelationKind) -> Relation | None:
         return first_relation(self.relations, kind)

@@ -24,6 +24,7 @@ from bridge.model import (
     InboundEvent,
     Kind,
     Relation,
+    RoomLink,
     RoomRef,
     TimelineEvent,
 )
@@ -80,8 +81,10 @@ class Intake:
             started = time.perf_counter()
             try:
                 links = await self._store.links_for(inbound.origin.room)
+                if not links and inbound.parent_room is not None:
+                    links = await self._store.links_for(inbound.parent_room)
                 targets: list[RoomRef] = (
-                    [link.other(inbound.origin.room) for link in links]
+                    [_target(link, inbound) for link in links]
                     if inbound.kind in MIRRORED_KINDS
                     else []
                 )
@@ -121,3 +124,11 @@ class Intake:
         if target is None:
             target = await self._store.find_by_mirror(relation.target)
         return replace(relation, event_id=target.id) if target is not None else relation
+
+
+def _target(link: RoomLink, inbound: InboundEvent) -> RoomRef:
+    """The linked room on the other side of the room (or parent room) the event came from."""
+    if inbound.origin.room in (link.matrix_room, link.teams_room):
+        return link.other(inbound.origin.room)
+    assert inbound.parent_room is not None
+    return link.other(inbound.parent_room)

@@ -17,8 +17,10 @@ from bridge.model import (
     RelationKind,
     RemoteMessageID,
     RemoteRef,
+    RemoteRoomID,
     RemoteUserID,
     RoomLink,
+    RoomRef,
     Sender,
 )
 from bridge.relay.intake import Intake
@@ -147,3 +149,29 @@ async def test_store_failure_propagates(intake: Intake, store: MemoryTimelineSto
     store.available = False
     with pytest.raises(StoreError):
         await intake.accept([_inbound("$4")])
+
+
+async def test_a_thread_is_covered_by_its_channels_link(
+    intake: Intake, store: MemoryTimelineStore
+) -> None:
+    channel = RoomRef(platform=Platform.TEAMS, room_id=RemoteRoomID("19:chan@thread.tacv2"))
+    thread = RoomRef(
+        platform=Platform.TEAMS, room_id=RemoteRoomID("19:chan@thread.tacv2;messageid=17")
+    )
+    await store.save_link(
+        RoomLink(matrix_room=MATRIX_ROOM, teams_room=channel, created_at=FakeClock().now())
+    )
+    teams_user = Sender(platform=Platform.TEAMS, user_id=RemoteUserID("aad-1"), display_name="Tess")
+    (result,) = await intake.accept(
+        [
+            InboundEvent(
+                kind=Kind.MESSAGE,
+                origin=RemoteRef(room=thread, message_id=RemoteMessageID("18")),
+                sender=teams_user,
+                occurred_at=FakeClock().now(),
+                parent_room=channel,
+            )
+        ]
+    )
+    assert result is not None
+    assert [m.room for m in result.event.mirrors] == [MATRIX_ROOM]
