@@ -243,14 +243,19 @@ def build_adapters(context: AdapterContext) -> list[ChatAdapter]:
         from adapters.matrix import create_adapter as create_matrix  # noqa: PLC0415
 
         adapters.append(create_matrix(context))
+    if context.settings.teams.enabled:
+        from adapters.teams import create_adapter as create_teams  # noqa: PLC0415
+
+        adapters.append(create_teams(context))
     return adapters
 
 
 def adapter_commands() -> list[CliCommand]:
     """Subcommands the adapters add to ``incident-bridge``."""
     from adapters.matrix import COMMANDS as MATRIX_COMMANDS  # noqa: PLC0415
+    from adapters.teams import COMMANDS as TEAMS_COMMANDS  # noqa: PLC0415
 
-    return [*MATRIX_COMMANDS]
+    return [*MATRIX_COMMANDS, *TEAMS_COMMANDS]
 
 
 def _adapter_check(adapter: ChatAdapter) -> Callable[[], Awaitable[None]]:

@@ -1,0 +1,85 @@
+"""The Teams side: a bot on the Bot Framework connector (Microsoft 365 Agents SDK pieces).
+
+``create_adapter`` builds the whole Teams object graph from the settings: one HTTP
+session (owned by the adapter, closed when it stops), the channel's signing keys,
+the outbound token provider, the conversation references, the sender, and the
+messaging endpoint mounted on the daemon's web application.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from adapters.teams.adapter import TeamsAdapter
+from adapters.teams.auth import InboundAuthenticator
+from adapters.teams.commands import COMMANDS
+from adapters.teams.convert import ActivityConverter
+from adapters.teams.inbound import MessagingEndpoint
+from adapters.teams.keys import OpenIdKeySource
+from adapters.teams.outbound import TeamsSender
+from adapters.teams.pacing import PacingSettings
+from adapters.teams.records import StateAmbiguousSends, StateLayouts
+from adapters.teams.references import StoredConversationReferences
+from adapters.teams.tokens import token_provider_for
+from bridge.errors import ConfigError, ConfigProblem
+from bridge.runtime import AdapterContext
+
+__all__ = ["COMMANDS", "TeamsAdapter", "create_adapter"]
+
+
+def create_adapter(context: AdapterContext) -> TeamsAdapter:
+    """Build the Teams adapter (not started) and mount ``POST /api/messages``.
+
+    Call from a running event loop (it creates the adapter's HTTP session).
+    """
+    settings = context.settings.teams
+    if not settings.enabled:
+        raise ConfigError([ConfigProblem("teams.enabled", "the Teams adapter needs it true")])
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=settings.request_timeout_s),
+        raise_for_status=False,
+    )
+    try:
+        keys = OpenIdKeySource(
+            session=session,
+            metadata_url=settings.openid_metadata_url,
+            clock=context.clock,
+            max_age_s=settings.signing_keys_max_age_s,
+            min_refresh_s=settings.signing_keys_min_refresh_s,
+            timeout_s=settings.request_timeout_s,
+        )
+        authenticator = InboundAuthenticator(settings=settings, keys=keys, clock=context.clock)
+        references = StoredConversationReferences(
+            context.state,
+            clock=context.clock,
+            cache_size=settings.conversation_cache_size,
+            service_url_allowed=authenticator.service_url_allowed,
+        )
+        sender = TeamsSender(
+            session=session,
+            tokens=token_provider_for(settings, session=session, clock=context.clock),
+            conversations=references,
+            clock=context.clock,
+            metrics=context.metrics,
+            settings=PacingSettings(),
+            ambiguous=StateAmbiguousSends(context.state, clock=context.clock),
+            layouts=StateLayouts(context.state),
+        )
+        endpoint = MessagingEndpoint(
+            app_id=settings.app_id,
+            authenticator=authenticator,
+            converter=ActivityConverter(app_id=settings.app_id, clock=context.clock),
+            references=references,
+            max_body_bytes=settings.max_activity_bytes,
+        )
+        return TeamsAdapter(
+            settings=settings,
+            web_app=context.web_app,
+            endpoint=endpoint,
+            keys=keys,
+            sender=sender,
+            session=session,
+        )
+    except BaseException:
+        session.detach()  # nothing was connected yet; marks the session closed
+        raise

@@ -1,0 +1,145 @@
+"""``TeamsAdapter``: the Teams side of the bridge behind the core's ``ChatAdapter`` seam.
+
+Inbound is the messaging endpoint (``inbound.MessagingEndpoint``), whose route is
+added to the daemon's web application at construction and which accepts
+activities only between ``start`` and ``stop``. Outbound (send, edit, redact) is
+delegated to the Teams sender. ``ready`` is true once started and the channel's
+signing keys have been fetched; if they cannot be fetched at start-up, a task
+owned by the adapter keeps trying (capped backoff) until they are, or until stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final, Protocol
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from adapters.teams.inbound import MessagingEndpoint
+from bridge.config.teams import TeamsSettings
+from bridge.errors import DependencyUnavailableError
+from bridge.model import Platform, RemoteRef, Sender
+from bridge.ports import InboundSink, OutboundMessage
+
+log = structlog.get_logger(__name__)
+
+KEY_RETRY_CAP_S: Final = 60.0
+
+
+class OutboundSender(Protocol):
+    """The Teams sender as the adapter uses it (``adapters.teams.outbound.TeamsSender``)."""
+
+    async def send(self, message: OutboundMessage, *, idempotency_key: str) -> RemoteRef: ...
+
+    async def edit(
+        self, target: RemoteRef, message: OutboundMessage, *, idempotency_key: str
+    ) -> None: ...
+
+    async def delete(self, target: RemoteRef, *, idempotency_key: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class SigningKeys(Protocol):
+    """The part of the key source the adapter drives: the first fetch and readiness."""
+
+    @property
+    def loaded(self) -> bool: ...
+
+    async def refresh(self) -> None: ...
+
+
+class TeamsAdapter:
+    """Teams behind the ``ChatAdapter`` seam (with edits and redactions)."""
+
+    def __init__(
+        self,
+        *,
+        settings: TeamsSettings,
+        web_app: web.Application,
+        endpoint: MessagingEndpoint,
+        keys: SigningKeys,
+        sender: OutboundSender,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        """``session``, when given, is owned by the adapter and closed by ``stop``."""
+        self._settings = settings
+        self._endpoint = endpoint
+        self._keys = keys
+        self._sender = sender
+        self._session = session
+        self._own_ids = frozenset({f"28:{settings.app_id}", settings.app_id})
+        self._started = False
+        self._stopped = False
+        self._key_task: asyncio.Task[None] | None = None
+        web_app.add_routes(endpoint.routes())
+
+    @property
+    def platform(self) -> Platform:
+        return Platform.TEAMS
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._stopped and self._keys.loaded
+
+    async def start(self, sink: InboundSink) -> None:
+        if self._stopped:
+            raise RuntimeError("a stopped Teams adapter cannot start again")
+        if self._started:
+            return
+        self._started = True
+        self._endpoint.attach(sink)
+        try:
+            await self._fetch_keys()
+        except (DependencyUnavailableError, TimeoutError) as exc:
+            log.warning("teams_signing_keys_not_loaded", error=str(exc))
+            self._key_task = asyncio.create_task(self._keep_fetching_keys())
+        log.info("teams_intake_started", ready=self.ready)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._endpoint.detach()
+        if self._key_task is not None:
+            self._key_task.cancel()
+            await asyncio.gather(self._key_task, return_exceptions=True)
+            self._key_task = None
+        try:
+            await self._sender.close()
+        finally:
+            if self._session is not None:
+                await self._session.close()
+        log.info("teams_adapter_stopped")
+
+    def is_own(self, sender: Sender) -> bool:
+        return sender.platform is Platform.TEAMS and sender.user_id in self._own_ids
+
+    async def send(self, message: OutboundMessage, *, idempotency_key: str) -> RemoteRef:
+        return await self._sender.send(message, idempotency_key=idempotency_key)
+
+    async def edit(
+        self, target: RemoteRef, message: OutboundMessage, *, idempotency_key: str
+    ) -> None:
+        await self._sender.edit(target, message, idempotency_key=idempotency_key)
+
+    async def redact(self, target: RemoteRef, sender: Sender, *, idempotency_key: str) -> None:
+        del sender  # the bot deletes its own message; who asked is in the timeline
+        await self._sender.delete(target, idempotency_key=idempotency_key)
+
+    async def _fetch_keys(self) -> None:
+        async with asyncio.timeout(self._settings.request_timeout_s):
+            await self._keys.refresh()
+
+    async def _keep_fetching_keys(self) -> None:
+        delay = 1.0
+        while not self._keys.loaded:
+            await asyncio.sleep(delay)
+            try:
+                await self._fetch_keys()
+            except (DependencyUnavailableError, TimeoutError) as exc:
+                log.warning("teams_signing_keys_not_loaded", error=str(exc))
+                delay = min(delay * 2, KEY_RETRY_CAP_S)
+        log.info("teams_signing_keys_loaded")

@@ -1,0 +1,672 @@
+"""The outbound half of the Teams adapter: messages, edits and deletes into Teams.
+
+``TeamsSender`` is what ``TeamsAdapter`` delegates ``send``, ``edit`` and
+``redact`` to. Every operation goes through the queue of its conversation (a
+channel and its threads share one), served in order by one worker task:
+
+1. The worker waits for a slot in the conversation's and the tenant's
+   sliding windows (``pacing.Pacer``): Teams' limits are never crossed.
+2. If the operation at the head is a plain new message, the plain messages
+   queued right behind it for the same place are combined with it into one
+   activity (one line each, attribution kept, order kept, within the size
+   limit): a flood is coalesced, never dropped. Replies, edits and deletes
+   are sent one by one.
+3. The call is made. A 429 pauses the conversation for ``Retry-After``; 412
+   and 5xx back off exponentially with jitter, for a bounded number of
+   attempts, then the error goes to the caller (the core's outbox retries
+   later). A create that timed out or got a 5xx may have been delivered:
+   it is recorded as ambiguous and sent once more at most (see ``records``).
+
+A message over the size limit is posted as several activities; a combined or
+split message is recorded as a layout so an edit or a delete can address the
+right activities later, also after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Final
+
+import aiohttp
+import structlog
+
+from adapters.teams.calls import AMBIGUOUS_BUDGET, Address, OutboundMetrics, PacedCalls
+from adapters.teams.connector import ConnectorClient
+from adapters.teams.ids import (
+    ConversationReferences,
+    TeamsActivityID,
+    TeamsConversationID,
+    TokenProvider,
+)
+from adapters.teams.lanes import Done, Lane, Lanes, Slot
+from adapters.teams.pacing import Pacer, PacingSettings, Sleep
+from adapters.teams.records import (
+    ActivityLayout,
+    AmbiguousSendRecorder,
+    LayoutLine,
+    LayoutStore,
+    MemoryLayouts,
+)
+from adapters.teams.render import (
+    LINE_SEPARATOR,
+    Content,
+    Line,
+    Mention,
+    activity,
+    activity_size,
+    combine,
+    render,
+    split,
+    truncate,
+)
+from bridge.errors import (
+    BridgeError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    StoreError,
+)
+from bridge.metrics import BridgeMetrics
+from bridge.model import (
+    EventID,
+    Relation,
+    RelationKind,
+    RemoteMessageID,
+    RemoteRef,
+    RemoteUserID,
+    TimelineEvent,
+)
+from bridge.ports import Clock, OutboundMessage
+
+log = structlog.get_logger(__name__)
+
+THREAD_MARKER: Final = ";messageid="
+
+
+def split_thread(conversation_id: str) -> tuple[TeamsConversationID, TeamsActivityID | None]:
+    """``19:x@thread.tacv2;messageid=17`` -> (``19:x@thread.tacv2``, ``17``)."""
+    base, marker, root = conversation_id.partition(THREAD_MARKER)
+    return TeamsConversationID(base), (TeamsActivityID(root) if marker and root else None)
+
+
+class OperationKind(StrEnum):
+    SEND = "send"
+    EDIT = "edit"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Operation:
+    """A prepared operation: where it goes and what it carries."""
+
+    kind: OperationKind
+    key: str
+    address: Address
+    message: OutboundMessage | None = None
+    line: Line | None = None
+    target: RemoteRef | None = None
+    original: EventID | None = None
+    """For a delete: the timeline event of the deleted message (to find its line)."""
+    sender: RemoteUserID | None = None
+    """For a delete: who deleted (to find their line when ``original`` is unknown)."""
+    prior_ambiguous: int = 0
+
+
+class TeamsSender:
+    """Sends, edits and deletes bridged messages in Teams conversations (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        tokens: TokenProvider,
+        conversations: ConversationReferences,
+        clock: Clock,
+        metrics: BridgeMetrics,
+        settings: PacingSettings,
+        ambiguous: AmbiguousSendRecorder,
+        layouts: LayoutStore | None = None,
+        sleep: Sleep | None = None,
+        jitter: Callable[[], float] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._conversations = conversations
+        self._clock = clock
+        self._metrics = OutboundMetrics(metrics)
+        self._ambiguous = ambiguous
+        self._layouts: LayoutStore = layouts if layouts is not None else MemoryLayouts()
+        self._calls = PacedCalls(
+            pacer=Pacer(settings, monotonic=clock.monotonic, sleep=sleep or asyncio.sleep),
+            settings=settings,
+            sleep=sleep or asyncio.sleep,
+            jitter=jitter or random.SystemRandom().random,
+            ambiguous=ambiguous,
+            metrics=self._metrics,
+        )
+        self._connector = ConnectorClient(
+            session=session,
+            tokens=tokens,
+            timeout_s=settings.request_timeout_s,
+            observe=self._metrics.observe_request,
+            wall_clock=clock.now,
+        )
+        self._lanes: Lanes[_Operation] = Lanes(
+            serve=self._serve,
+            monotonic=clock.monotonic,
+            queue_timeout_s=settings.queue_timeout_s,
+            depth=self._metrics.queued,
+        )
+        self._recent: OrderedDict[str, RemoteRef | None] = OrderedDict()
+        self._partial: OrderedDict[str, tuple[TeamsActivityID, ...]] = OrderedDict()
+
+    @property
+    def connector(self) -> ConnectorClient:
+        return self._connector
+
+    # -- the public operations ---------------------------------------------------------
+
+    async def send(self, message: OutboundMessage, *, idempotency_key: str) -> RemoteRef:
+        """Post a new message (a reply when ``message.reply_to`` is set); its first activity."""
+        done = self._recent.get(idempotency_key)
+        if done is not None:
+            return done
+        existing = self._lanes.in_flight(idempotency_key)
+        if existing is not None:
+            shared: RemoteRef = await asyncio.shield(existing)
+            return shared
+        slot = self._lanes.reserve(split_thread(message.target.room_id)[0], idempotency_key)
+        ref: RemoteRef = await self._lanes.run(slot, self._prepare_send(message, idempotency_key))
+        return ref
+
+    async def edit(
+        self, target: RemoteRef, message: OutboundMessage, *, idempotency_key: str
+    ) -> None:
+        """Replace the content of a message the bridge posted (``message.event`` is the edit)."""
+
+        async def prepare() -> _Operation:
+            return _Operation(
+                kind=OperationKind.EDIT,
+                key=idempotency_key,
+                address=await self._address(target.room.room_id),
+                message=message,
+                line=render(message.event),
+                target=target,
+            )
+
+        await self._change(target, idempotency_key, prepare)
+
+    async def delete(
+        self,
+        target: RemoteRef,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+        sender: RemoteUserID | None = None,
+    ) -> None:
+        """Delete a message the bridge posted (all its activities when it was split).
+
+        In a combined activity only one line is removed: the line of
+        ``original`` (the deleted message's timeline event), else the only line
+        by ``sender``; when neither identifies one line the delete is refused.
+        """
+
+        async def prepare() -> _Operation:
+            return _Operation(
+                kind=OperationKind.DELETE,
+                key=idempotency_key,
+                address=await self._address(target.room.room_id),
+                target=target,
+                original=original,
+                sender=sender,
+            )
+
+        await self._change(target, idempotency_key, prepare)
+
+    async def close(self) -> None:
+        """Stop every worker; what is still queued fails as retryable. Idempotent."""
+        await self._lanes.close()
+
+    @property
+    def queued(self) -> int:
+        return self._lanes.queued
+
+    async def _change(
+        self,
+        target: RemoteRef,
+        key: str,
+        prepare: Callable[[], Coroutine[Any, Any, _Operation]],
+    ) -> None:
+        if key in self._recent:
+            return
+        existing = self._lanes.in_flight(key)
+        if existing is not None:
+            await asyncio.shield(existing)
+            return
+        slot = self._lanes.reserve(split_thread(target.room.room_id)[0], key)
+        await self._lanes.run(slot, prepare())
+
+    async def _prepare_send(self, message: OutboundMessage, key: str) -> _Operation | Done:
+        address = await self._address(
+            message.target.room_id, reply_to=message.reply_to, thread_root=message.thread_root
+        )
+        try:
+            record = await self._ambiguous.lookup(key)
+        except StoreError as exc:
+            raise RetryableDeliveryError(f"ambiguous-send record unavailable: {exc}") from exc
+        prior = 0
+        if record is not None:
+            if record.activity_id is not None:  # delivered by a retry after an ambiguous create
+                ref = RemoteRef(room=message.target, message_id=RemoteMessageID(record.activity_id))
+                self._remember(key, ref)
+                return Done(ref)
+            if record.attempts >= AMBIGUOUS_BUDGET:
+                raise PermanentDeliveryError(
+                    "an earlier create of this message may have been delivered and was already "
+                    "sent again once: not sending it a third time (recorded as ambiguous)"
+                )
+            prior = record.attempts
+        return _Operation(
+            kind=OperationKind.SEND,
+            key=key,
+            address=address,
+            message=message,
+            line=render(message.event),
+            prior_ambiguous=prior,
+        )
+
+    def _remember(self, key: str, ref: RemoteRef | None) -> None:
+        self._recent[key] = ref
+        self._recent.move_to_end(key)
+        while len(self._recent) > self._settings.recent_keys:
+            self._recent.popitem(last=False)
+
+    async def _serve(self, lane: Lane[_Operation]) -> None:
+        """The worker of one conversation: serves its queue in order until it is empty."""
+        while (head := await self._lanes.head(lane)) is not None:
+            address = _prepared(head).address
+            delay = self._calls.delay(address)
+            if self._clock.monotonic() + delay > head.deadline:
+                self._lanes.pop(lane).settle(
+                    error=RetryableDeliveryError(
+                        "the conversation's rate limits leave no room in time",
+                        retry_after=max(delay, 1.0),
+                    )
+                )
+                continue
+            await self._calls.acquire(address)
+            after = self._lanes.peek(lane)
+            if after is None or after.operation is None:
+                continue  # the callers gave up while waiting: the slot goes unused
+            await self._execute(self._take_batch(lane))
+
+    def _coalescable(self, slot: Slot[_Operation] | None) -> bool:
+        operation = slot.operation if slot is not None else None
+        return (
+            operation is not None
+            and operation.kind is OperationKind.SEND
+            and operation.line is not None
+            and operation.address.reply_to is None
+            and operation.prior_ambiguous == 0
+            and operation.key not in self._partial
+            and activity_size(operation.line.content()) <= self._settings.max_activity_bytes
+        )
+
+    def _take_batch(self, lane: Lane[_Operation]) -> list[Slot[_Operation]]:
+        """The head of the queue, with the plain messages right behind it when it is one too."""
+        head = self._lanes.pop(lane)
+        batch = [head]
+        if not (self._settings.coalesce and self._coalescable(head)):
+            return batch
+        address = _prepared(head).address
+        lines = [_line(_prepared(head))]
+        while len(batch) < self._settings.max_coalesced_lines:
+            candidate = self._lanes.peek(lane)
+            if candidate is None or not self._coalescable(candidate):
+                break
+            operation = _prepared(candidate)
+            if operation.address != address:
+                break
+            line = _line(operation)
+            if activity_size(combine([*lines, line])) > self._settings.max_activity_bytes:
+                break
+            lines.append(line)
+            batch.append(self._lanes.pop(lane))
+        return batch
+
+    async def _execute(self, batch: list[Slot[_Operation]]) -> None:
+        """Carry out one batch (its first call's slot is taken); settle every caller."""
+        head = _prepared(batch[0])
+        refs: list[RemoteRef | None]
+        try:
+            if head.kind is OperationKind.SEND and len(batch) > 1:
+                refs = [*await self._send_combined([_prepared(slot) for slot in batch])]
+            elif head.kind is OperationKind.SEND:
+                refs = [await self._send_one(head)]
+            elif head.kind is OperationKind.EDIT:
+                await self._edit(head)
+                refs = [None]
+            else:
+                await self._delete(head)
+                refs = [None]
+        except asyncio.CancelledError:
+            stopped = RetryableDeliveryError("the Teams sender stopped during the call")
+            for slot in batch:
+                slot.settle(error=stopped)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error goes to the callers
+            log.warning(
+                "teams_operation_failed",
+                operation=head.kind.value,
+                conversation=head.address.conversation_key,
+                error=str(exc),
+                retryable=getattr(exc, "retryable", False),
+            )
+            for slot in batch:
+                slot.settle(error=exc)
+            return
+        for slot, ref in zip(batch, refs, strict=True):
+            self._remember(slot.key, ref)
+            slot.settle(ref)
+
+    # -- sends -----------------------------------------------------------------------------
+
+    async def _send_one(self, operation: _Operation) -> RemoteRef:
+        line = _line(operation)
+        message = _message(operation)
+        address = operation.address
+        contents = split(line, max_bytes=self._settings.max_activity_bytes)
+        posted = list(self._partial.get(operation.key, ()))
+        slot_held = True
+        for content in contents[len(posted) :]:
+            try:
+                posted.append(
+                    await self._create(
+                        address,
+                        content,
+                        keys=(operation.key,),
+                        prior_ambiguous=operation.prior_ambiguous if not posted else 0,
+                        slot_held=slot_held,
+                    )
+                )
+            except BridgeError:
+                if posted:  # resume after the parts already posted when the outbox retries
+                    self._partial[operation.key] = tuple(posted)
+                    while len(self._partial) > self._settings.recent_keys:
+                        self._partial.popitem(last=False)
+                raise
+            slot_held = False
+        self._partial.pop(operation.key, None)
+        if len(posted) > 1:
+            self._metrics.split.inc()
+            log.info(
+                "teams_message_split", conversation=address.conversation_key, parts=len(posted)
+            )
+            await self._save_layout(
+                ActivityLayout(
+                    conversation_key=address.conversation_key,
+                    parts=tuple(posted),
+                    lines=(_layout_line(message.event, line),),
+                )
+            )
+        return RemoteRef(room=message.target, message_id=RemoteMessageID(posted[0]))
+
+    async def _send_combined(self, batch: list[_Operation]) -> list[RemoteRef]:
+        head = batch[0]
+        lines = [_line(operation) for operation in batch]
+        activity_id = await self._create(
+            head.address,
+            combine(lines),
+            keys=tuple(operation.key for operation in batch),
+            prior_ambiguous=0,
+            slot_held=True,
+        )
+        self._metrics.coalesced.inc(len(batch))
+        log.info(
+            "teams_messages_coalesced",
+            conversation=head.address.conversation_key,
+            messages=len(batch),
+        )
+        await self._save_layout(
+            ActivityLayout(
+                conversation_key=head.address.conversation_key,
+                parts=(activity_id,),
+                lines=tuple(
+                    _layout_line(_message(op).event, line)
+                    for op, line in zip(batch, lines, strict=True)
+                ),
+            )
+        )
+        return [
+            RemoteRef(room=_message(op).target, message_id=RemoteMessageID(activity_id))
+            for op in batch
+        ]
+
+    async def _create(
+        self,
+        address: Address,
+        content: Content,
+        *,
+        keys: Sequence[str],
+        prior_ambiguous: int,
+        slot_held: bool,
+    ) -> TeamsActivityID:
+        payload = activity(content, reply_to=address.reply_to)
+
+        async def post() -> TeamsActivityID:
+            if address.reply_to is not None:
+                return await self._connector.reply_to_activity(
+                    address.service_url, address.conversation_id, address.reply_to, payload
+                )
+            return await self._connector.send_to_conversation(
+                address.service_url, address.conversation_id, payload
+            )
+
+        return await self._calls.call(
+            address, post, create_keys=keys, prior_ambiguous=prior_ambiguous, slot_held=slot_held
+        )
+
+    # -- edits and deletes -------------------------------------------------------------
+
+    async def _edit(self, operation: _Operation) -> None:
+        address = operation.address
+        target = _target(operation)
+        activity_id = TeamsActivityID(target.message_id)
+        line = _line(operation)
+        layout = await self._layouts.get(address.conversation_key, activity_id)
+        if layout is None:
+            content = truncate(line, max_bytes=self._settings.max_activity_bytes, parts=1)[0]
+            await self._update(address, activity_id, content, slot_held=True)
+        elif len(layout.lines) > 1:
+            await self._edit_line(operation, layout, line)
+        else:
+            await self._edit_parts(address, layout, line)
+
+    async def _edit_line(self, operation: _Operation, layout: ActivityLayout, line: Line) -> None:
+        """Replace one line of a combined activity."""
+        edit = _message(operation).event.relation(RelationKind.EDIT)
+        index = _find_line(layout, edit.event_id if edit else None, _origin(edit))
+        if index is None:
+            raise PermanentDeliveryError("the edited message is not a line of this activity")
+        others = [entry for i, entry in enumerate(layout.lines) if i != index]
+        room = self._settings.max_activity_bytes - activity_size(_layout_content(others))
+        new_html = truncate(line, max_bytes=max(room, 4096), parts=1)[0].html
+        old = layout.lines[index]
+        lines = list(layout.lines)
+        lines[index] = replace(old, html=new_html, mentions=line.mentions)
+        content = _layout_content(lines)
+        if activity_size(content) > self._settings.max_activity_bytes:
+            raise PermanentDeliveryError("the edited line does not fit the combined activity")
+        await self._update(operation.address, layout.activity_id, content, slot_held=True)
+        await self._save_layout(replace(layout, lines=tuple(lines)))
+
+    async def _edit_parts(self, address: Address, layout: ActivityLayout, line: Line) -> None:
+        """Re-render a split message into its existing activities; drop parts left over."""
+        contents = truncate(
+            line, max_bytes=self._settings.max_activity_bytes, parts=len(layout.parts)
+        )
+        slot_held = True
+        for part, content in zip(layout.parts, contents, strict=False):
+            await self._update(address, part, content, slot_held=slot_held)
+            slot_held = False
+        for part in layout.parts[len(contents) :]:
+            await self._remove(address, part, slot_held=False)
+        lines = (replace(layout.lines[0], html=line.html, mentions=line.mentions),)
+        await self._save_layout(replace(layout, parts=layout.parts[: len(contents)], lines=lines))
+
+    async def _delete(self, operation: _Operation) -> None:
+        address = operation.address
+        activity_id = TeamsActivityID(_target(operation).message_id)
+        layout = await self._layouts.get(address.conversation_key, activity_id)
+        if layout is None:
+            await self._remove(address, activity_id, slot_held=True)
+            return
+        if len(layout.lines) > 1:
+            index = _find_line(layout, operation.original, None)
+            if index is None and operation.sender is not None:
+                by_sender = [
+                    i for i, entry in enumerate(layout.lines) if entry.sender == operation.sender
+                ]
+                index = by_sender[0] if len(by_sender) == 1 else None
+            if index is None:
+                raise PermanentDeliveryError(
+                    "cannot tell which line of a combined activity to delete"
+                )
+            lines = [entry for i, entry in enumerate(layout.lines) if i != index]
+            await self._update(address, activity_id, _layout_content(lines), slot_held=True)
+            await self._save_layout(replace(layout, lines=tuple(lines)))
+            return
+        slot_held = True
+        for part in layout.parts:
+            await self._remove(address, part, slot_held=slot_held)
+            slot_held = False
+        await self._drop_layout(layout)
+
+    async def _update(
+        self, address: Address, activity_id: TeamsActivityID, content: Content, *, slot_held: bool
+    ) -> None:
+        payload = activity(content)
+
+        async def put() -> None:
+            await self._connector.update_activity(
+                address.service_url, address.conversation_id, activity_id, payload
+            )
+
+        await self._calls.call(address, put, slot_held=slot_held)
+
+    async def _remove(
+        self, address: Address, activity_id: TeamsActivityID, *, slot_held: bool
+    ) -> None:
+        async def delete() -> None:
+            await self._connector.delete_activity(
+                address.service_url, address.conversation_id, activity_id
+            )
+
+        await self._calls.call(address, delete, slot_held=slot_held)
+
+    # -- addresses and layouts ---------------------------------------------------------
+
+    async def _address(
+        self,
+        room_id: str,
+        *,
+        reply_to: RemoteMessageID | None = None,
+        thread_root: RemoteMessageID | None = None,
+    ) -> Address:
+        conversation = TeamsConversationID(room_id)
+        base, root = split_thread(conversation)
+        try:
+            reference = await self._conversations.get(conversation)
+            if reference is None and base != conversation:
+                reference = await self._conversations.get(base)
+        except StoreError as exc:
+            raise RetryableDeliveryError(f"conversation reference unavailable: {exc}") from exc
+        if reference is None:
+            raise PermanentDeliveryError(
+                "no conversation reference: the bot has not been installed in this conversation"
+            )
+        root = root or (TeamsActivityID(thread_root) if thread_root else None)
+        posted_to = TeamsConversationID(f"{base}{THREAD_MARKER}{root}") if root else base
+        return Address(
+            service_url=reference.service_url,
+            conversation_id=posted_to,
+            conversation_key=base,
+            tenant_id=reference.tenant_id,
+            reply_to=TeamsActivityID(reply_to) if reply_to else None,
+        )
+
+    async def _save_layout(self, layout: ActivityLayout) -> None:
+        try:
+            await self._layouts.put(layout)
+        except BridgeError as exc:
+            log.error("teams_layout_not_saved", error=str(exc))  # noqa: TRY400
+
+    async def _drop_layout(self, layout: ActivityLayout) -> None:
+        try:
+            await self._layouts.delete(layout.conversation_key, layout.activity_id)
+        except BridgeError as exc:
+            log.error("teams_layout_not_dropped", error=str(exc))  # noqa: TRY400
+
+
+def _prepared(slot: Slot[_Operation]) -> _Operation:
+    if slot.operation is None:
+        raise AssertionError("only prepared operations are carried out")
+    return slot.operation
+
+
+def _line(operation: _Operation) -> Line:
+    if operation.line is None:
+        raise AssertionError("a send or an edit carries a rendered line")
+    return operation.line
+
+
+def _message(operation: _Operation) -> OutboundMessage:
+    if operation.message is None:
+        raise AssertionError("a send or an edit carries its message")
+    return operation.message
+
+
+def _target(operation: _Operation) -> RemoteRef:
+    if operation.target is None:
+        raise AssertionError("an edit or a delete carries its target")
+    return operation.target
+
+
+def _layout_line(event: TimelineEvent, line: Line) -> LayoutLine:
+    return LayoutLine(
+        event_id=event.id,
+        origin=_origin_key(event.origin),
+        sender=event.sender.user_id,
+        html=line.html,
+        mentions=line.mentions,
+    )
+
+
+def _layout_content(lines: Sequence[LayoutLine]) -> Content:
+    mentions: dict[str, Mention] = {}
+    for entry in lines:
+        for mention in entry.mentions:
+            mentions.setdefault(mention.user_id, mention)
+    return Content(
+        html=LINE_SEPARATOR.join(entry.html for entry in lines), mentions=tuple(mentions.values())
+    )
+
+
+def _origin_key(ref: RemoteRef) -> str:
+    return f"{ref.room.key}|{ref.message_id}"
+
+
+def _origin(relation: Relation | None) -> str | None:
+    return _origin_key(relation.target) if relation is not None else None
+
+
+def _find_line(layout: ActivityLayout, event_id: str | None, origin: str | None) -> int | None:
+    for index, entry in enumerate(layout.lines):
+        if event_id is not None and entry.event_id == event_id:
+            return index
+        if origin is not None and entry.origin == origin:
+            return index
+    return None
