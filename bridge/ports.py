@@ -98,7 +98,16 @@ class SupportsEdits(Protocol):
 
 @runtime_checkable
 class SupportsRedactions(Protocol):
-    async def redact(self, target: RemoteRef, sender: Sender, *, idempotency_key: str) -> None: ...
+    async def redact(
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+    ) -> None:
+        """Remove ``target``; ``original`` is the removed message's timeline event, when known
+        (an adapter that combined several messages into one can then remove just that one)."""
 
 
 @runtime_checkable

@@ -29,7 +29,7 @@ from adapters.matrix.ids import GhostNamespace, MatrixRoomID, server_of
 from adapters.matrix.outbound import MatrixSender
 from bridge.config import MatrixSettings
 from bridge.errors import BridgeError
-from bridge.model import Attachment, Platform, RemoteRef, RoomLink, Sender
+from bridge.model import Attachment, EventID, Platform, RemoteRef, RoomLink, Sender
 from bridge.ports import Clock, InboundSink, OutboundMessage, StateStore
 from bridge.tasks import TaskOwner
 
@@ -243,7 +243,15 @@ class MatrixAdapter:
     ) -> None:
         await self._sender.edit(target, message, idempotency_key=idempotency_key)
 
-    async def redact(self, target: RemoteRef, sender: Sender, *, idempotency_key: str) -> None:
+    async def redact(
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+    ) -> None:
+        del original  # a Matrix event is always one message
         await self._sender.redact(target, sender, idempotency_key=idempotency_key)
 
     async def react(

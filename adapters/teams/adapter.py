@@ -20,7 +20,7 @@ from aiohttp import web
 from adapters.teams.inbound import MessagingEndpoint
 from bridge.config.teams import TeamsSettings
 from bridge.errors import DependencyUnavailableError
-from bridge.model import Platform, RemoteRef, Sender
+from bridge.model import EventID, Platform, RemoteRef, Sender
 from bridge.ports import InboundSink, OutboundMessage
 
 log = structlog.get_logger(__name__)
@@ -37,7 +37,9 @@ class OutboundSender(Protocol):
         self, target: RemoteRef, message: OutboundMessage, *, idempotency_key: str
     ) -> None: ...
 
-    async def delete(self, target: RemoteRef, *, idempotency_key: str) -> None: ...
+    async def delete(
+        self, target: RemoteRef, *, idempotency_key: str, original: EventID | None = None
+    ) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -125,9 +127,16 @@ class TeamsAdapter:
     ) -> None:
         await self._sender.edit(target, message, idempotency_key=idempotency_key)
 
-    async def redact(self, target: RemoteRef, sender: Sender, *, idempotency_key: str) -> None:
+    async def redact(
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+    ) -> None:
         del sender  # the bot deletes its own message; who asked is in the timeline
-        await self._sender.delete(target, idempotency_key=idempotency_key)
+        await self._sender.delete(target, idempotency_key=idempotency_key, original=original)
 
     async def _fetch_keys(self) -> None:
         async with asyncio.timeout(self._settings.request_timeout_s):

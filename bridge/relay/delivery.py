@@ -299,7 +299,9 @@ class DeliveryService:
             )
             return target.message_id
         if event.kind is Kind.REDACTION and isinstance(adapter, SupportsRedactions):
-            await adapter.redact(target, event.sender, idempotency_key=key)
+            await adapter.redact(
+                target, event.sender, idempotency_key=key, original=relation.event_id
+            )
             return target.message_id
         if event.kind is Kind.REACTION and isinstance(adapter, SupportsReactions):
             key_text = relation.key or event.body.text

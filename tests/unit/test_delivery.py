@@ -11,6 +11,7 @@ from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
     Body,
+    EventID,
     InboundEvent,
     Kind,
     MirrorStatus,
@@ -36,6 +37,7 @@ class FlakyTeams(FakeAdapter):
     failures: list[Exception] = field(default_factory=list)
     edits: list[tuple[RemoteRef, str]] = field(default_factory=list)
     redactions: list[RemoteRef] = field(default_factory=list)
+    originals: list[EventID | None] = field(default_factory=list)
 
     async def send(self, message: OutboundMessage, *, idempotency_key: str) -> RemoteRef:
         if self.failures:
@@ -47,8 +49,16 @@ class FlakyTeams(FakeAdapter):
     ) -> None:
         self.edits.append((target, message.event.body.text))
 
-    async def redact(self, target: RemoteRef, sender: Sender, *, idempotency_key: str) -> None:
+    async def redact(
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+    ) -> None:
         self.redactions.append(target)
+        self.originals.append(original)
 
 
 @dataclass
@@ -163,6 +173,8 @@ async def test_edits_and_redactions_target_the_mirrored_message(rig: Rig) -> Non
     mirrored = RemoteRef(room=TEAMS_ROOM, message_id=RemoteMessageID("sent-1"))
     assert rig.teams.edits == [(mirrored, "changed")]
     assert rig.teams.redactions == [mirrored]
+    original = (await rig.store.timeline(room=MATRIX_ROOM)).events[0]
+    assert rig.teams.originals == [original.id]
     assert len(rig.teams.sent) == 1  # neither became a new message
 
 

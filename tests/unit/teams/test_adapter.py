@@ -21,6 +21,7 @@ from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
     AppendResult,
+    EventID,
     InboundEvent,
     Platform,
     RemoteMessageID,
@@ -59,6 +60,7 @@ class NullSink:
 class FakeSender:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, str]] = []
+        self.originals: list[EventID | None] = []
         self.closed = False
 
     async def send(self, message: OutboundMessage, *, idempotency_key: str) -> RemoteRef:
@@ -70,8 +72,11 @@ class FakeSender:
     ) -> None:
         self.calls.append(("edit", target, idempotency_key))
 
-    async def delete(self, target: RemoteRef, *, idempotency_key: str) -> None:
+    async def delete(
+        self, target: RemoteRef, *, idempotency_key: str, original: EventID | None = None
+    ) -> None:
         self.calls.append(("delete", target, idempotency_key))
+        self.originals.append(original)
 
     async def close(self) -> None:
         self.closed = True
@@ -168,13 +173,14 @@ async def test_outbound_calls_are_delegated_to_the_sender() -> None:
     sent = await adapter.send(message, idempotency_key="k1")
     await adapter.edit(sent, message, idempotency_key="k2")
     ghost = Sender(platform=Platform.MATRIX, user_id=RemoteUserID("@a:x"), display_name="A")
-    await adapter.redact(sent, ghost, idempotency_key="k3")
+    await adapter.redact(sent, ghost, idempotency_key="k3", original=message.event.id)
     assert [(c[0], c[2]) for c in sender.calls] == [
         ("send", "k1"),
         ("edit", "k2"),
         ("delete", "k3"),
     ]
     assert sender.calls[1][1] == sent
+    assert sender.originals == [message.event.id]
 
 
 def test_the_route_is_added_at_construction() -> None:
