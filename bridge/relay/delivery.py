@@ -24,27 +24,19 @@ import structlog
 from bridge.errors import DeliveryError, PermanentDeliveryError, StoreError
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
-    EventID,
-    Kind,
     Mirror,
     MirrorStatus,
     OutboxEntry,
     Platform,
-    RelationKind,
-    RemoteMessageID,
-    RemoteRef,
     RoomRef,
     TimelineEvent,
 )
 from bridge.ports import (
     ChatAdapter,
     Clock,
-    OutboundMessage,
-    SupportsEdits,
-    SupportsReactions,
-    SupportsRedactions,
     TimelineStore,
 )
+from bridge.relay.dispatch import Dispatcher
 from bridge.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
@@ -96,6 +88,7 @@ class DeliveryService:
         self._owner = owner
         self._settings = settings
         self._jitter = jitter
+        self._dispatcher = Dispatcher(store)
         self._workers = TaskOwner("delivery")
         self._active: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -189,7 +182,9 @@ class DeliveryService:
             return True
         with structlog.contextvars.bound_contextvars(event_id=event.id, kind=event.kind.value):
             try:
-                remote = await self._send(adapter, event, room)
+                remote = await self._dispatcher.dispatch(
+                    adapter, event, room, idempotency_key(event, room)
+                )
             except PermanentDeliveryError as exc:
                 await self._settle(event, entry, mirror, error=str(exc))
                 return True
@@ -251,61 +246,3 @@ class DeliveryService:
             platform=entry.target.platform.value, outcome="failed"
         ).inc()
         log.warning("delivery_failed", error=error)
-
-    async def _remote_in(self, event_id: EventID | None, room: RoomRef) -> RemoteRef | None:
-        """Where a timeline event lives in ``room``: its origin there, or its mirror."""
-        if event_id is None:
-            return None
-        target = await self._store.get(event_id)
-        if target is None:
-            return None
-        if target.origin.room == room:
-            return target.origin
-        mirror = target.mirror_in(room)
-        if mirror is not None and mirror.message_id is not None:
-            return RemoteRef(room=room, message_id=mirror.message_id)
-        return None
-
-    async def _send(
-        self, adapter: ChatAdapter, event: TimelineEvent, room: RoomRef
-    ) -> RemoteMessageID | None:
-        key = idempotency_key(event, room)
-        if event.kind in (Kind.MESSAGE, Kind.NOTICE):
-            reply = event.relation(RelationKind.REPLY)
-            thread = event.relation(RelationKind.THREAD)
-            reply_ref = await self._remote_in(reply.event_id if reply else None, room)
-            thread_ref = await self._remote_in(thread.event_id if thread else None, room)
-            message = OutboundMessage(
-                event=event,
-                target=room,
-                reply_to=reply_ref.message_id if reply_ref else None,
-                thread_root=thread_ref.message_id if thread_ref else None,
-            )
-            return (await adapter.send(message, idempotency_key=key)).message_id
-        relation_kind = {
-            Kind.EDIT: RelationKind.EDIT,
-            Kind.REDACTION: RelationKind.REDACTION,
-            Kind.REACTION: RelationKind.REACTION,
-        }.get(event.kind)
-        relation = event.relation(relation_kind) if relation_kind else None
-        if relation is None:
-            raise PermanentDeliveryError(f"{event.kind.value} events are not mirrored")
-        target = await self._remote_in(relation.event_id, room)
-        if target is None:
-            raise PermanentDeliveryError("the target message was never bridged")
-        if event.kind is Kind.EDIT and isinstance(adapter, SupportsEdits):
-            await adapter.edit(
-                target, OutboundMessage(event=event, target=room), idempotency_key=key
-            )
-            return target.message_id
-        if event.kind is Kind.REDACTION and isinstance(adapter, SupportsRedactions):
-            await adapter.redact(
-                target, event.sender, idempotency_key=key, original=relation.event_id
-            )
-            return target.message_id
-        if event.kind is Kind.REACTION and isinstance(adapter, SupportsReactions):
-            key_text = relation.key or event.body.text
-            return (
-                await adapter.react(target, event.sender, key_text, idempotency_key=key)
-            ).message_id
-        raise PermanentDeliveryError(f"{room.platform.value} cannot carry {event.kind.value}")
