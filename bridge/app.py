@@ -147,6 +147,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             adapters={a.platform: a for a in bridge.adapters},
             metrics=metrics,
             owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+            ids=bridge.ids,
         )
         links = LinkService(store=store, clock=clock, ids=bridge.ids, adapters=bridge.adapters)
         commands = build_commands(bridge, links, delivery)

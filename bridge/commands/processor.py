@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Final
 
 import structlog
 
@@ -35,24 +34,13 @@ from bridge.model import (
     Body,
     EventID,
     Kind,
-    MessageStyle,
     Platform,
-    RemoteMessageID,
-    RemoteRef,
-    RemoteRoomID,
-    RemoteUserID,
-    RoomRef,
-    Sender,
     TimelineEvent,
 )
+from bridge.notices import bridge_notice
 from bridge.ports import Clock, TimelineStore
 
 log = structlog.get_logger(__name__)
-
-BRIDGE_ROOM: Final = RoomRef(platform=Platform.BRIDGE, room_id=RemoteRoomID("bridge"))
-BRIDGE_BOT: Final = Sender(
-    platform=Platform.BRIDGE, user_id=RemoteUserID("bridge"), display_name="Incident Bridge"
-)
 
 
 class CommandProcessor:
@@ -182,18 +170,12 @@ class CommandProcessor:
         self._metrics.commands.labels(outcome=outcome).inc()
         links = await self._store.links_for(event.origin.room)
         targets = [event.origin.room, *(link.other(event.origin.room) for link in links)]
-        now = self._clock.now()
-        reply_id = EventID(self._ids.new())
-        reply = TimelineEvent(
-            id=reply_id,
+        reply = bridge_notice(
+            ids=self._ids,
+            now=self._clock.now(),
+            key=f"reply:{event.id}",
+            text=text,
             incident_id=event.incident_id,
-            kind=Kind.NOTICE,
-            origin=RemoteRef(room=BRIDGE_ROOM, message_id=RemoteMessageID(f"reply:{event.id}")),
-            origin_variant="",
-            sender=BRIDGE_BOT,
-            body=Body(text=text, style=MessageStyle.NOTICE),
-            occurred_at=now,
-            received_at=now,
             data={"in_reply_to": event.id, "outcome": outcome},
         )
         await self._store.append(reply, targets)

@@ -18,12 +18,15 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Final
 
 import structlog
 
 from bridge.errors import DeliveryError, PermanentDeliveryError, StoreError
+from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
+    Kind,
     Mirror,
     MirrorStatus,
     OutboxEntry,
@@ -31,6 +34,7 @@ from bridge.model import (
     RoomRef,
     TimelineEvent,
 )
+from bridge.notices import bridge_notice
 from bridge.ports import (
     ChatAdapter,
     Clock,
@@ -40,6 +44,14 @@ from bridge.relay.dispatch import Dispatcher
 from bridge.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
+
+
+_WHAT: Final = {
+    Kind.MESSAGE: "message",
+    Kind.EDIT: "edit",
+    Kind.REDACTION: "deletion",
+    Kind.REACTION: "reaction",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,7 +92,9 @@ class DeliveryService:
         owner: str,
         settings: DeliverySettings = DeliverySettings(),
         jitter: Callable[[], float] = random.random,
+        ids: UlidFactory | None = None,
     ) -> None:
+        """``ids`` mints the notices posted after a permanent failure (none without it)."""
         self._store = store
         self._clock = clock
         self._adapters = adapters
@@ -88,6 +102,7 @@ class DeliveryService:
         self._owner = owner
         self._settings = settings
         self._jitter = jitter
+        self._ids = ids
         self._dispatcher = Dispatcher(store)
         self._workers = TaskOwner("delivery")
         self._active: dict[str, asyncio.Task[None]] = {}
@@ -246,3 +261,25 @@ class DeliveryService:
             platform=entry.target.platform.value, outcome="failed"
         ).inc()
         log.warning("delivery_failed", error=error)
+        await self._tell_origin(event, entry.target, error)
+
+    async def _tell_origin(self, event: TimelineEvent, target: RoomRef, error: str) -> None:
+        """A visible notice in the room the event came from: it did not reach the other side."""
+        if event.origin.platform is Platform.BRIDGE or self._ids is None:
+            return  # the bridge's own notices do not beget more notices
+        what = _WHAT.get(event.kind, event.kind.value)
+        excerpt = event.body.text if len(event.body.text) <= 80 else event.body.text[:77] + "..."
+        suffix = f' ("{excerpt}")' if excerpt and event.kind is Kind.MESSAGE else ""
+        notice = bridge_notice(
+            ids=self._ids,
+            now=self._clock.now(),
+            key=f"undelivered:{event.id}:{target.key}",
+            text=(
+                f"⚠ The {what} by {event.sender.display_name}{suffix} could not be delivered "
+                f"to {target.platform.value.capitalize()}: {error}"
+            ),
+            incident_id=event.incident_id,
+            data={"undelivered": event.id, "target": target.key, "error": error},
+        )
+        await self._store.append(notice, [event.origin.room])
+        self.notify()

@@ -68,6 +68,7 @@ class Rig:
     intake: Intake
     teams: FlakyTeams
     service: DeliveryService
+    matrix: FakeAdapter
 
     async def say(self, message_id: str, text: str = "x", **kwargs: object) -> None:
         event = InboundEvent(
@@ -102,9 +103,10 @@ async def rig() -> AsyncIterator[Rig]:
         owner="test",
         settings=DeliverySettings(poll_interval_s=0.01),
         jitter=lambda: 0.5,
+        ids=ids,
     )
     runner = asyncio.get_running_loop().create_task(service.run())
-    yield Rig(clock, store, intake, teams, service)
+    yield Rig(clock, store, intake, teams, service, matrix)
     await service.stop(deadline_s=1)
     runner.cancel()
     await asyncio.gather(runner, return_exceptions=True)
@@ -155,6 +157,13 @@ async def test_permanent_failure_is_recorded_and_the_room_moves_on(rig: Rig) -> 
     event = (await rig.store.timeline(room=MATRIX_ROOM)).events[0]
     assert event.mirrors[0].status is MirrorStatus.FAILED
     assert event.mirrors[0].error == "413 too big"
+
+    async def noticed() -> list[str] | None:
+        texts = [m.event.body.text for m, _ in rig.matrix.sent]
+        return texts or None
+
+    (notice,) = await eventually(noticed, within=5, what="a notice in the origin room")
+    assert notice == '⚠ The message by Alice ("huge") could not be delivered to Teams: 413 too big'
 
 
 async def test_edits_and_redactions_target_the_mirrored_message(rig: Rig) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from bridge.commands.bridge_commands import BridgeCommands
 from bridge.commands.permissions import Authorizer
-from bridge.commands.processor import BRIDGE_ROOM, CommandProcessor
+from bridge.commands.processor import CommandProcessor
 from bridge.commands.queue import CommandQueue
 from bridge.commands.registry import (
     CommandRegistry,
@@ -33,6 +33,7 @@ from bridge.model import (
     Sender,
     TimelineEvent,
 )
+from bridge.notices import BRIDGE_ROOM
 from bridge.relay.intake import Intake
 from bridge.timeline.memory import MemoryStateStore, MemoryTimelineStore
 from tests.support.adapters import FakeAdapter
