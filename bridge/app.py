@@ -34,6 +34,7 @@ from bridge.commands.queue import CommandQueue
 from bridge.commands.registry import CommandRegistry
 from bridge.config import Settings
 from bridge.errors import DependencyUnavailableError
+from bridge.gaps import GapRecorder
 from bridge.ids import UlidFactory
 from bridge.links import CONFIGURATION, LinkService
 from bridge.metrics import BridgeMetrics
@@ -104,19 +105,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
     clock = SystemClock()
     metrics = BridgeMetrics()
     async with AsyncExitStack() as stack:
-        client = mongo_client(settings)
-        stack.push_async_callback(client.close)
-        write_concern = WriteConcern(w=settings.mongo.write_concern, j=True)
-        store = MongoTimelineStore(
-            client,
-            settings.mongo.database,
-            clock=clock,
-            write_concern=write_concern,
-            outbox_retention=timedelta(days=settings.mongo.outbox_retention_days),
-        )
-        await wait_for_mongo(store, clock, settings.mongo.startup_timeout_s)
-        await store.ensure_indexes()
-        log.info("mongodb_ready", database=settings.mongo.database)
+        store = await open_store(settings, clock, stack)
 
         readiness = Readiness(timeout_s=settings.readiness.check_timeout_s, metrics=metrics)
         readiness.add("mongodb", store.ping)
@@ -152,7 +141,10 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
         links = LinkService(store=store, clock=clock, ids=bridge.ids, adapters=bridge.adapters)
         commands = build_commands(bridge, links, delivery)
 
+        gaps = GapRecorder(store=store, state=bridge.state, clock=clock, ids=bridge.ids)
+
         async def on_stored(results: Sequence[AppendResult]) -> None:
+            await gaps.on_stored(results)
             delivery.notify()
             await commands.offer(results)
 
@@ -170,22 +162,12 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             stack.push_async_callback(adapter.stop)
             log.info("adapter_started", platform=adapter.platform.value)
 
-        for configured in settings.links:
-            await links.link(
-                RoomLink(
-                    matrix_room=RoomRef(
-                        platform=Platform.MATRIX, room_id=RemoteRoomID(configured.matrix_room)
-                    ),
-                    teams_room=RoomRef(
-                        platform=Platform.TEAMS, room_id=RemoteRoomID(configured.teams_conversation)
-                    ),
-                    created_at=clock.now(),
-                ),
-                by=CONFIGURATION,
-            )
+        await apply_configured_links(links, settings, clock)
+        await gaps.on_start()
 
         tasks = TaskOwner("bridge")
         stack.push_async_callback(tasks.close)
+        tasks.start(gaps.run(), name="liveness")
         tasks.start(delivery.run(), name="delivery")
         stack.push_async_callback(delivery.stop, deadline_s=settings.shutdown.drain_timeout_s)
         commands.start()
@@ -201,10 +183,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
         bridge.port = bound_port(runner)
         log.info("bridge_started", host=settings.http.host, port=bridge.port)
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _on_signal, bridge, sig)
-            stack.callback(loop.remove_signal_handler, sig)
+        _handle_signals(bridge, stack)
         if on_ready is not None:
             on_ready(bridge)
         await bridge.stopping.wait()
@@ -212,6 +191,47 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             await asyncio.sleep(settings.shutdown.readiness_grace_s)
         log.info("bridge_stopping")
     log.info("bridge_stopped")
+
+
+async def open_store(settings: Settings, clock: Clock, stack: AsyncExitStack) -> MongoTimelineStore:
+    """Connect to MongoDB (waiting up to the start-up timeout) and make sure of the indexes."""
+    client = mongo_client(settings)
+    stack.push_async_callback(client.close)
+    store = MongoTimelineStore(
+        client,
+        settings.mongo.database,
+        clock=clock,
+        write_concern=WriteConcern(w=settings.mongo.write_concern, j=True),
+        outbox_retention=timedelta(days=settings.mongo.outbox_retention_days),
+    )
+    await wait_for_mongo(store, clock, settings.mongo.startup_timeout_s)
+    await store.ensure_indexes()
+    log.info("mongodb_ready", database=settings.mongo.database)
+    return store
+
+
+def _handle_signals(bridge: Bridge, stack: AsyncExitStack) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, bridge, sig)
+        stack.callback(loop.remove_signal_handler, sig)
+
+
+async def apply_configured_links(links: LinkService, settings: Settings, clock: Clock) -> None:
+    """Make the links listed in the settings (recorded once; a restart adds nothing)."""
+    for configured in settings.links:
+        await links.link(
+            RoomLink(
+                matrix_room=RoomRef(
+                    platform=Platform.MATRIX, room_id=RemoteRoomID(configured.matrix_room)
+                ),
+                teams_room=RoomRef(
+                    platform=Platform.TEAMS, room_id=RemoteRoomID(configured.teams_conversation)
+                ),
+                created_at=clock.now(),
+            ),
+            by=CONFIGURATION,
+        )
 
 
 def build_commands(bridge: Bridge, links: LinkService, delivery: DeliveryService) -> CommandQueue:
