@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
+from bridge.errors import DeliveryError
 from bridge.model import (
     AppendResult,
     Attachment,
@@ -120,6 +121,18 @@ class SupportsReactions(Protocol):
 @runtime_checkable
 class SupportsRoomCreation(Protocol):
     async def create_room(self, name: str, *, invite: Sequence[str], topic: str) -> RoomRef: ...
+
+
+@runtime_checkable
+class SupportsBatchSend(Protocol):
+    async def send_batch(
+        self, messages: Sequence[OutboundMessage], *, idempotency_keys: Sequence[str]
+    ) -> list[RemoteRef | DeliveryError]:
+        """Send several plain messages to one room in order, one outcome each.
+
+        The adapter may combine them (Teams coalesces lines under its rate limits);
+        a message whose delivery failed gets its error instead of a reference.
+        """
 
 
 @runtime_checkable

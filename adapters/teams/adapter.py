@@ -11,6 +11,7 @@ owned by the adapter keeps trying (capped backoff) until they are, or until stop
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Final, Protocol
 
 import aiohttp
@@ -19,7 +20,7 @@ from aiohttp import web
 
 from adapters.teams.inbound import MessagingEndpoint
 from bridge.config.teams import TeamsSettings
-from bridge.errors import DependencyUnavailableError
+from bridge.errors import DeliveryError, DependencyUnavailableError
 from bridge.model import EventID, Platform, RemoteRef, Sender
 from bridge.ports import InboundSink, OutboundMessage
 
@@ -121,6 +122,25 @@ class TeamsAdapter:
 
     async def send(self, message: OutboundMessage, *, idempotency_key: str) -> RemoteRef:
         return await self._sender.send(message, idempotency_key=idempotency_key)
+
+    async def send_batch(
+        self, messages: Sequence[OutboundMessage], *, idempotency_keys: Sequence[str]
+    ) -> list[RemoteRef | DeliveryError]:
+        """Queue the messages in order at once, so lines waiting on the pacer are combined."""
+        outcomes = await asyncio.gather(
+            *(
+                self._sender.send(message, idempotency_key=key)
+                for message, key in zip(messages, idempotency_keys, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        results: list[RemoteRef | DeliveryError] = []
+        for outcome in outcomes:
+            if isinstance(outcome, RemoteRef | DeliveryError):
+                results.append(outcome)
+            else:
+                raise outcome  # not a delivery outcome: a bug, let it surface
+        return results
 
     async def edit(
         self, target: RemoteRef, message: OutboundMessage, *, idempotency_key: str

@@ -31,6 +31,7 @@ from bridge.model import (
     MirrorStatus,
     OutboxEntry,
     Platform,
+    RemoteMessageID,
     RoomRef,
     TimelineEvent,
 )
@@ -38,6 +39,8 @@ from bridge.notices import bridge_notice
 from bridge.ports import (
     ChatAdapter,
     Clock,
+    OutboundMessage,
+    SupportsBatchSend,
     TimelineStore,
 )
 from bridge.relay.dispatch import Dispatcher
@@ -45,6 +48,8 @@ from bridge.tasks import TaskOwner
 
 log = structlog.get_logger(__name__)
 
+
+_BATCHABLE: Final = frozenset({Kind.MESSAGE, Kind.NOTICE, Kind.GAP})
 
 _WHAT: Final = {
     Kind.MESSAGE: "message",
@@ -60,6 +65,8 @@ class DeliverySettings:
     poll_interval_s: float = 0.5
     max_rooms: int = 64
     batch: int = 50
+    max_batch: int = 20
+    """At most this many plain messages are handed over at once to an adapter that batches."""
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
 
@@ -173,75 +180,149 @@ class DeliveryService:
 
     async def _deliver_in_order(self, room: RoomRef, entries: list[OutboxEntry]) -> bool:
         """Deliver entries in order; False when the room must wait (head not due)."""
-        for entry in entries:
+        adapter = self._adapters.get(room.platform)
+        index = 0
+        while index < len(entries):
             if self._stopping:
                 return False
-            if entry.not_before is not None and entry.not_before > self._clock.now():
+            entry = entries[index]
+            if not self._due(entry):
                 return False
+            if isinstance(adapter, SupportsBatchSend):
+                batch = await self._batchable_run(room, entries[index:])
+                if len(batch) >= 2:
+                    if not await self._deliver_batch(adapter, room, batch):
+                        return False
+                    index += len(batch)
+                    continue
             if not await self._deliver_one(room, entry):
                 return False
+            index += 1
         return True
 
-    async def _deliver_one(self, room: RoomRef, entry: OutboxEntry) -> bool:
+    def _due(self, entry: OutboxEntry) -> bool:
+        return entry.not_before is None or entry.not_before <= self._clock.now()
+
+    async def _prepare(
+        self, room: RoomRef, entry: OutboxEntry
+    ) -> tuple[TimelineEvent, Mirror, ChatAdapter] | None:
+        """The event, its mirror and the adapter, or None when the entry is already settled."""
         event = await self._store.get(entry.event_id)
         if event is None:
             await self._store.fail_entry(entry.id, error="event missing")
-            return True
+            return None
         mirror = event.mirror_in(room) or Mirror(room=room)
         if mirror.status in (MirrorStatus.SENT, MirrorStatus.FAILED):
             await self._store.complete_entry(entry.id)  # settled before a crash
-            return True
+            return None
         adapter = self._adapters.get(room.platform)
         if adapter is None:
             await self._settle(event, entry, mirror, error=f"no {room.platform.value} adapter")
+            return None
+        return event, mirror, adapter
+
+    async def _deliver_one(self, room: RoomRef, entry: OutboxEntry) -> bool:
+        prepared = await self._prepare(room, entry)
+        if prepared is None:
             return True
+        event, mirror, adapter = prepared
         with structlog.contextvars.bound_contextvars(event_id=event.id, kind=event.kind.value):
+            outcome: RemoteMessageID | DeliveryError | None
             try:
-                remote = await self._dispatcher.dispatch(
+                outcome = await self._dispatcher.dispatch(
                     adapter, event, room, idempotency_key(event, room)
                 )
-            except PermanentDeliveryError as exc:
-                await self._settle(event, entry, mirror, error=str(exc))
-                return True
             except DeliveryError as exc:
-                delay = backoff_delay(
-                    entry.attempts, exc.retry_after, self._settings, self._jitter()
-                )
-                now = self._clock.now()
-                await self._store.set_mirror(
-                    event.id,
-                    replace(
-                        mirror,
-                        status=MirrorStatus.RETRYING,
-                        attempts=mirror.attempts + 1,
-                        error=str(exc),
-                        updated_at=now,
-                    ),
-                )
-                await self._store.retry_entry(
-                    entry.id, not_before=now + timedelta(seconds=delay), error=str(exc)
-                )
-                self._metrics.deliveries.labels(platform=room.platform.value, outcome="retry").inc()
-                log.info("delivery_retry_scheduled", delay_s=round(delay, 3), error=str(exc))
-                return False
-            now = self._clock.now()
+                outcome = exc
+            return await self._record(room, entry, event, mirror, outcome)
+
+    async def _batchable_run(
+        self, room: RoomRef, entries: list[OutboxEntry]
+    ) -> list[tuple[OutboxEntry, TimelineEvent, Mirror]]:
+        """The leading due entries that are plain new messages (no reply, thread or relation)."""
+        run: list[tuple[OutboxEntry, TimelineEvent, Mirror]] = []
+        for entry in entries[: self._settings.max_batch]:
+            if not self._due(entry):
+                break
+            event = await self._store.get(entry.event_id)
+            if event is None or event.kind not in _BATCHABLE or event.relations:
+                break
+            mirror = event.mirror_in(room) or Mirror(room=room)
+            if mirror.status not in (MirrorStatus.PENDING, MirrorStatus.RETRYING):
+                break
+            run.append((entry, event, mirror))
+        return run
+
+    async def _deliver_batch(
+        self,
+        adapter: SupportsBatchSend,
+        room: RoomRef,
+        batch: list[tuple[OutboxEntry, TimelineEvent, Mirror]],
+    ) -> bool:
+        """Hand several plain messages to the adapter at once (it may combine them)."""
+        messages = [OutboundMessage(event=event, target=room) for _, event, _ in batch]
+        keys = [idempotency_key(event, room) for _, event, _ in batch]
+        outcomes = await adapter.send_batch(messages, idempotency_keys=keys)
+        keep_going = True
+        for (entry, event, mirror), outcome in zip(batch, outcomes, strict=True):
+            result: RemoteMessageID | DeliveryError = (
+                outcome if isinstance(outcome, DeliveryError) else outcome.message_id
+            )
+            keep_going = await self._record(room, entry, event, mirror, result) and keep_going
+        return keep_going
+
+    async def _record(
+        self,
+        room: RoomRef,
+        entry: OutboxEntry,
+        event: TimelineEvent,
+        mirror: Mirror,
+        outcome: RemoteMessageID | DeliveryError | None,
+    ) -> bool:
+        """Settle one entry by its outcome; False when the room must wait (a retry is due)."""
+        if isinstance(outcome, PermanentDeliveryError) or (
+            isinstance(outcome, DeliveryError) and not outcome.retryable
+        ):
+            await self._settle(event, entry, mirror, error=str(outcome))
+            return True
+        now = self._clock.now()
+        if isinstance(outcome, DeliveryError):
+            delay = backoff_delay(
+                entry.attempts, outcome.retry_after, self._settings, self._jitter()
+            )
             await self._store.set_mirror(
                 event.id,
                 replace(
                     mirror,
-                    status=MirrorStatus.SENT,
-                    message_id=remote,
+                    status=MirrorStatus.RETRYING,
                     attempts=mirror.attempts + 1,
-                    error=None,
+                    error=str(outcome),
                     updated_at=now,
                 ),
             )
-            await self._store.complete_entry(entry.id)
-            self._metrics.deliveries.labels(platform=room.platform.value, outcome="sent").inc()
-            self._metrics.delivery_seconds.labels(platform=room.platform.value).observe(
-                max(0.0, (now - event.received_at).total_seconds())
+            await self._store.retry_entry(
+                entry.id, not_before=now + timedelta(seconds=delay), error=str(outcome)
             )
-            return True
+            self._metrics.deliveries.labels(platform=room.platform.value, outcome="retry").inc()
+            log.info("delivery_retry_scheduled", delay_s=round(delay, 3), error=str(outcome))
+            return False
+        await self._store.set_mirror(
+            event.id,
+            replace(
+                mirror,
+                status=MirrorStatus.SENT,
+                message_id=outcome,
+                attempts=mirror.attempts + 1,
+                error=None,
+                updated_at=now,
+            ),
+        )
+        await self._store.complete_entry(entry.id)
+        self._metrics.deliveries.labels(platform=room.platform.value, outcome="sent").inc()
+        self._metrics.delivery_seconds.labels(platform=room.platform.value).observe(
+            max(0.0, (now - event.received_at).total_seconds())
+        )
+        return True
 
     async def _settle(
         self, event: TimelineEvent, entry: OutboxEntry, mirror: Mirror, *, error: str
