@@ -145,7 +145,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
 
         async def on_stored(results: Sequence[AppendResult]) -> None:
             await gaps.on_stored(results)
-            delivery.notify()
+            delivery.offer(results)
             await commands.offer(results)
 
         intake = Intake(

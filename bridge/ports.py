@@ -201,6 +201,9 @@ class TimelineStore(Protocol):
     ) -> list[RoomRef]:
         """Lease target rooms with due outbox work to ``owner`` (renewing its own)."""
 
+    async def renew_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
+        """Extend ``owner``'s lease on ``room``; False if it no longer holds it."""
+
     async def release_room(self, room: RoomRef, owner: str) -> None: ...
 
     async def pending_entries(self, room: RoomRef, *, limit: int) -> list[OutboxEntry]:

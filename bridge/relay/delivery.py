@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import hashlib
 import random
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Final
@@ -26,6 +27,8 @@ from bridge.errors import DeliveryError, PermanentDeliveryError, StoreError
 from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
+    AppendResult,
+    EventID,
     Kind,
     Mirror,
     MirrorStatus,
@@ -49,6 +52,8 @@ from bridge.tasks import TaskOwner
 log = structlog.get_logger(__name__)
 
 
+HINTS: Final = 4096
+"""Freshly stored events kept in memory for their delivery (spares a read each)."""
 _BATCHABLE: Final = frozenset({Kind.MESSAGE, Kind.NOTICE, Kind.GAP})
 
 _WHAT: Final = {
@@ -65,6 +70,8 @@ class DeliverySettings:
     poll_interval_s: float = 0.5
     max_rooms: int = 64
     batch: int = 50
+    linger_s: float = 2.0
+    """An idle worker keeps its room this long, so the next message skips the lease round trip."""
     max_batch: int = 20
     """At most this many plain messages are handed over at once to an adapter that batches."""
     backoff_base_s: float = 1.0
@@ -113,12 +120,34 @@ class DeliveryService:
         self._dispatcher = Dispatcher(store)
         self._workers = TaskOwner("delivery")
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._room_wakes: dict[str, asyncio.Event] = {}
+        self._hints: OrderedDict[EventID, TimelineEvent] = OrderedDict()
         self._wake = asyncio.Event()
         self._stopping = False
 
     def notify(self) -> None:
-        """New work may be due: look now instead of at the next poll."""
+        """New work may be due somewhere: every worker and the lease loop look now."""
+        for wake in self._room_wakes.values():
+            wake.set()
         self._wake.set()
+
+    def offer(self, results: Sequence[AppendResult]) -> None:
+        """Freshly stored events: wake their rooms' workers and spare them a read."""
+        for result in results:
+            if result.duplicate or not result.event.mirrors:
+                continue
+            self._hints[result.event.id] = result.event
+            while len(self._hints) > HINTS:
+                self._hints.popitem(last=False)
+            for mirror in result.event.mirrors:
+                wake = self._room_wakes.get(mirror.room.key)
+                if wake is not None:
+                    wake.set()
+        self._wake.set()
+
+    async def _event(self, event_id: EventID) -> TimelineEvent | None:
+        hinted = self._hints.pop(event_id, None)
+        return hinted if hinted is not None else await self._store.get(event_id)
 
     @property
     def active_rooms(self) -> int:
@@ -156,6 +185,8 @@ class DeliveryService:
         """Stop leasing; let workers finish the entry in hand within the deadline."""
         self._stopping = True
         self._wake.set()
+        for wake in self._room_wakes.values():
+            wake.set()  # lingering workers leave at once
         pending = list(self._active.values())
         if pending:
             _, still = await asyncio.wait(pending, timeout=deadline_s)
@@ -164,26 +195,58 @@ class DeliveryService:
         await self._workers.close()
 
     async def _drain(self, room: RoomRef) -> None:
+        """Deliver a leased room's entries; linger a little for more, then release it."""
+        wake = asyncio.Event()
+        self._room_wakes[room.key] = wake
+        lost = asyncio.Event()
+        renewer = self._workers.start(self._keep_lease(room, lost), name=f"lease:{room.key}")
         with structlog.contextvars.bound_contextvars(target=room.key):
             try:
-                while not self._stopping:
+                while not self._stopping and not lost.is_set():
+                    wake.clear()
                     entries = await self._store.pending_entries(room, limit=self._settings.batch)
-                    if not entries or not await self._deliver_in_order(room, entries):
+                    if entries:
+                        if not await self._deliver_in_order(room, entries, lost):
+                            break
+                        continue
+                    try:
+                        await asyncio.wait_for(wake.wait(), self._settings.linger_s)
+                    except TimeoutError:
                         break
             except StoreError:
                 log.warning("delivery_store_failed")
             finally:
+                self._room_wakes.pop(room.key, None)
+                renewer.cancel()
                 try:
                     await self._store.release_room(room, self._owner)
                 except StoreError:
                     log.warning("outbox_release_failed")  # the lease expires on its own
 
-    async def _deliver_in_order(self, room: RoomRef, entries: list[OutboxEntry]) -> bool:
+    async def _keep_lease(self, room: RoomRef, lost: asyncio.Event) -> None:
+        """Renew the room's lease while its worker runs; flag it if the lease is lost."""
+        ttl = timedelta(seconds=self._settings.lease_ttl_s)
+        while True:
+            await asyncio.sleep(self._settings.lease_ttl_s / 3)
+            try:
+                held = await self._store.renew_room(
+                    room, self._owner, now=self._clock.now(), ttl=ttl
+                )
+            except StoreError:
+                continue  # try again; the lease outlives a few missed renewals
+            if not held:
+                log.warning("outbox_lease_lost")
+                lost.set()
+                return
+
+    async def _deliver_in_order(
+        self, room: RoomRef, entries: list[OutboxEntry], lost: asyncio.Event
+    ) -> bool:
         """Deliver entries in order; False when the room must wait (head not due)."""
         adapter = self._adapters.get(room.platform)
         index = 0
         while index < len(entries):
-            if self._stopping:
+            if self._stopping or lost.is_set():
                 return False
             entry = entries[index]
             if not self._due(entry):
@@ -207,7 +270,7 @@ class DeliveryService:
         self, room: RoomRef, entry: OutboxEntry
     ) -> tuple[TimelineEvent, Mirror, ChatAdapter] | None:
         """The event, its mirror and the adapter, or None when the entry is already settled."""
-        event = await self._store.get(entry.event_id)
+        event = await self._event(entry.event_id)
         if event is None:
             await self._store.fail_entry(entry.id, error="event missing")
             return None
@@ -244,8 +307,10 @@ class DeliveryService:
         for entry in entries[: self._settings.max_batch]:
             if not self._due(entry):
                 break
-            event = await self._store.get(entry.event_id)
+            event = await self._event(entry.event_id)
             if event is None or event.kind not in _BATCHABLE or event.relations:
+                if event is not None:
+                    self._hints[event.id] = event  # not batched: keep it for the next step
                 break
             mirror = event.mirror_in(room) or Mirror(room=room)
             if mirror.status not in (MirrorStatus.PENDING, MirrorStatus.RETRYING):

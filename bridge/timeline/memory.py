@@ -191,6 +191,15 @@ class MemoryTimelineStore:
             leased.append(codec.room_from(head["target"]))
         return leased
 
+    async def renew_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
+        self._check()
+        now = codec.to_ms(now)
+        holder = self._leases.get(room.key)
+        if holder is None or holder[0] != owner or holder[1] <= now:
+            return False
+        self._leases[room.key] = (owner, now + ttl)
+        return True
+
     async def release_room(self, room: RoomRef, owner: str) -> None:
         self._check()
         holder = self._leases.get(room.key)

@@ -237,6 +237,15 @@ class MongoTimelineStore:
             return False  # another owner holds a live lease
         return True
 
+    async def renew_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
+        now = codec.to_ms(now)
+        async with store_errors("renewing an outbox lease"):
+            result = await self._leases.update_one(
+                {"_id": room.key, "owner": owner, "until": {"$gt": now}},
+                {"$set": {"until": now + ttl}},
+            )
+        return result.matched_count == 1
+
     async def release_room(self, room: RoomRef, owner: str) -> None:
         async with store_errors("releasing an outbox room"):
             await self._leases.delete_one({"_id": room.key, "owner": owner})

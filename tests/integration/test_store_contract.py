@@ -242,6 +242,20 @@ async def test_room_lease_is_exclusive_until_released_or_expired(backend: Backen
     assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
 
 
+async def test_a_lease_is_renewed_only_by_its_live_holder(backend: Backend) -> None:
+    store, clock = backend.store, backend.clock
+    await store.append(backend.events.message("x"), [TEAMS_ROOM])
+    assert not await store.renew_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
+    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
+    clock.advance(20)
+    assert await store.renew_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
+    clock.advance(20)  # 40 s after leasing, but 20 s after renewing: still held
+    assert await store.lease_rooms("w2", now=clock.now(), ttl=LEASE, limit=10) == []
+    assert not await store.renew_room(TEAMS_ROOM, "w2", now=clock.now(), ttl=LEASE)
+    clock.advance(LEASE.total_seconds() + 1)
+    assert not await store.renew_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)  # expired
+
+
 async def test_room_links(backend: Backend) -> None:
     link = RoomLink(matrix_room=MATRIX_ROOM, teams_room=TEAMS_ROOM, created_at=backend.clock.now())
     await backend.store.save_link(link)
