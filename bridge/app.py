@@ -138,9 +138,6 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
             ids=bridge.ids,
         )
-        links = LinkService(store=store, clock=clock, ids=bridge.ids, adapters=bridge.adapters)
-        commands = build_commands(bridge, links, delivery)
-
         gaps = GapRecorder(store=store, state=bridge.state, clock=clock, ids=bridge.ids)
 
         async def on_stored(results: Sequence[AppendResult]) -> None:
@@ -156,6 +153,14 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             adapters=bridge.adapters,
             on_stored=on_stored,
         )
+        links = LinkService(
+            store=store,
+            clock=clock,
+            ids=bridge.ids,
+            adapters=bridge.adapters,
+            on_change=intake.forget_links,
+        )
+        commands = build_commands(bridge, links, delivery)
         for adapter in bridge.adapters:
             readiness.add(adapter.platform.value, _adapter_check(adapter))
             await adapter.start(intake)

@@ -7,7 +7,7 @@ bridge metadata state events) are told.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -39,7 +39,10 @@ class LinkService:
         clock: Clock,
         ids: UlidFactory,
         adapters: Sequence[ChatAdapter],
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        """``on_change`` is told after every link change (caches of links drop theirs)."""
+        self._on_change = on_change
         self._store = store
         self._clock = clock
         self._ids = ids
@@ -51,6 +54,7 @@ class LinkService:
         if link in existing:
             return
         await self._store.save_link(link)
+        self._changed()
         await self._record(link, by, "linked")
         for adapter in self._adapters:
             if isinstance(adapter, SupportsLinkAnnouncements):
@@ -63,8 +67,13 @@ class LinkService:
 
     async def unlink(self, link: RoomLink, *, by: Sender) -> None:
         await self._store.remove_link(link)
+        self._changed()
         await self._record(link, by, "unlinked")
         log.info("rooms_unlinked", matrix=link.matrix_room.room_id, teams=link.teams_room.room_id)
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     async def _record(self, link: RoomLink, by: Sender, action: str) -> None:
         now = self._clock.now()

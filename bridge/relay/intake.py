@@ -10,6 +10,7 @@ error and the platform delivers again.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
@@ -32,6 +33,8 @@ from bridge.ports import ChatAdapter, Clock, TimelineStore
 
 log = structlog.get_logger(__name__)
 
+LINK_CACHE_SIZE = 4096
+
 MIRRORED_KINDS = frozenset({Kind.MESSAGE, Kind.EDIT, Kind.REDACTION, Kind.REACTION})
 """Kinds that are copied to the linked room; the rest are recorded only."""
 
@@ -48,6 +51,7 @@ class Intake:
         metrics: BridgeMetrics,
         adapters: Sequence[ChatAdapter],
         on_stored: Callable[[Sequence[AppendResult]], Awaitable[None]] | None = None,
+        link_cache_ttl_s: float = 5.0,
     ) -> None:
         """``on_stored`` gets each batch of stored events (to wake delivery, run commands)."""
         self._store = store
@@ -56,6 +60,30 @@ class Intake:
         self._metrics = metrics
         self._adapters = {a.platform: a for a in adapters}
         self._on_stored = on_stored
+        self._link_ttl = link_cache_ttl_s
+        self._links: OrderedDict[str, tuple[float, list[RoomLink]]] = OrderedDict()
+
+    def forget_links(self) -> None:
+        """Links changed: look them up afresh (called by the link service of this process)."""
+        self._links.clear()
+
+    async def _links_of(self, room: RoomRef) -> list[RoomLink]:
+        """A room's links. Found links are kept for a few seconds (most traffic is in
+        linked rooms); "no link" is never kept, so a new link applies at once. An unlink
+        made by another replica applies within the TTL."""
+        now = time.monotonic()
+        hit = self._links.get(room.key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        links = await self._store.links_for(room)
+        if links:
+            self._links[room.key] = (now + self._link_ttl, links)
+            self._links.move_to_end(room.key)
+            while len(self._links) > LINK_CACHE_SIZE:
+                self._links.popitem(last=False)
+        else:
+            self._links.pop(room.key, None)
+        return links
 
     def is_echo(self, event: InboundEvent) -> bool:
         adapter = self._adapters.get(event.sender.platform)
@@ -80,9 +108,9 @@ class Intake:
             self._metrics.events_received.labels(platform=platform, kind=inbound.kind.value).inc()
             started = time.perf_counter()
             try:
-                links = await self._store.links_for(inbound.origin.room)
+                links = await self._links_of(inbound.origin.room)
                 if not links and inbound.parent_room is not None:
-                    links = await self._store.links_for(inbound.parent_room)
+                    links = await self._links_of(inbound.parent_room)
                 targets: list[RoomRef] = (
                     [_target(link, inbound) for link in links]
                     if inbound.kind in MIRRORED_KINDS

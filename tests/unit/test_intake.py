@@ -175,3 +175,27 @@ async def test_a_thread_is_covered_by_its_channels_link(
     )
     assert result is not None
     assert [m.room for m in result.event.mirrors] == [MATRIX_ROOM]
+
+
+async def test_found_links_are_cached_and_dropped_when_links_change(
+    store: MemoryTimelineStore,
+) -> None:
+    intake = Intake(
+        store=store, clock=FakeClock(), ids=UlidFactory(), metrics=BridgeMetrics(), adapters=[]
+    )
+    (unlinked,) = await intake.accept([_inbound("$u1")])
+    assert unlinked is not None
+    assert unlinked.event.mirrors == ()  # "no link" is not cached...
+    link = RoomLink(matrix_room=MATRIX_ROOM, teams_room=TEAMS_ROOM, created_at=FakeClock().now())
+    await store.save_link(link)
+    (linked,) = await intake.accept([_inbound("$u2")])
+    assert linked is not None
+    assert [m.room for m in linked.event.mirrors] == [TEAMS_ROOM]  # ...so a new link applies
+    await store.remove_link(link)
+    (cached,) = await intake.accept([_inbound("$u3")])
+    assert cached is not None
+    assert cached.event.mirrors != ()  # found links are kept a few seconds
+    intake.forget_links()  # what the link service of this process calls
+    (fresh,) = await intake.accept([_inbound("$u4")])
+    assert fresh is not None
+    assert fresh.event.mirrors == ()
