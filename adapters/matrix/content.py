@@ -59,6 +59,8 @@ MXC_URI: Final = re.compile(r"^mxc://([A-Za-z0-9.:\[\]-]+)/([A-Za-z0-9_-]+)$")
 _TAG: Final = re.compile(r"(<[^>]*>)")
 _TAG_NAME: Final = re.compile(r"^</?([a-z0-9]+)")
 _NO_PILLS_INSIDE: Final = frozenset({"a", "code", "pre"})
+_NAME_SPACE: Final = re.compile(r"(?:\\ )+")
+"""A space in an escaped name: it matches spaces and no-break spaces in the text."""
 
 
 # -- pure content building ------------------------------------------------------------------
@@ -93,12 +95,15 @@ def pill(mention: Mention) -> str:
 def add_pills(source_html: str, mentions: Sequence[Mention]) -> str:
     """Link each mentioned name (optionally after ``@``) in the text of well-formed HTML.
 
-    Names inside links and code are left alone; longer names win over their prefixes.
+    Names inside links and code are left alone; longer names win over their prefixes;
+    the words of a name may be parted by no-break spaces (Teams writes them so).
     """
-    by_text = {html.escape(m.name, quote=False): m for m in mentions if m.name.strip()}
+    by_text = {_spaced(html.escape(m.name, quote=False)): m for m in mentions if m.name.strip()}
     if not by_text:
         return source_html
-    alternatives = "|".join(re.escape(t) for t in sorted(by_text, key=len, reverse=True))
+    alternatives = "|".join(
+        _NAME_SPACE.sub(r"[ \\xa0]+", re.escape(t)) for t in sorted(by_text, key=len, reverse=True)
+    )
     pattern = re.compile(rf"(?<![\w@])@?({alternatives})(?!\w)")
     out: list[str] = []
     closed_over: list[str] = []
@@ -115,8 +120,13 @@ def add_pills(source_html: str, mentions: Sequence[Mention]) -> str:
         elif closed_over:
             out.append(piece)
         else:
-            out.append(pattern.sub(lambda m: pill(by_text[m.group(1)]), piece))
+            out.append(pattern.sub(lambda m: pill(by_text[_spaced(m.group(1))]), piece))
     return "".join(out)
+
+
+def _spaced(name: str) -> str:
+    """``name`` with each run of spaces (no-break ones too) as one space."""
+    return " ".join(name.replace("\xa0", " ").split())
 
 
 def mentions_content(mentions: Sequence[Mention]) -> dict[str, Any]:

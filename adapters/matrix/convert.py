@@ -3,6 +3,10 @@
 Supported: messages (text, notice, emote, HTML, mentions, replies, threads,
 edits, images and files), reactions, redactions, and the bot's own
 membership. Everything else returns ``None`` and is not recorded.
+
+A ``formatted_body`` is kept as ``bridge.formatting.sanitize_html`` leaves it
+(reply fallbacks in ``<mx-reply>`` go with the dangerous elements); when nothing
+of it is visible the plain ``body`` stands alone.
 """
 
 from __future__ import annotations
@@ -99,6 +103,8 @@ def _body(
         content.get("formatted_body"), str
     ):
         html = sanitize_html(content["formatted_body"])  # also drops <mx-reply> fallbacks
+        if not html_to_text(html):
+            html = None  # nothing visible (an inline image without alt text): the body stands
     msgtype = content.get("msgtype")
     attachments: tuple[Attachment, ...] = ()
     if msgtype in _MEDIA and isinstance(content.get("url"), str):

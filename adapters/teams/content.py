@@ -2,8 +2,14 @@
 
 - The HTML form is the ``text/html`` attachment Teams adds, else ``text`` when its
   format is ``xml`` or it carries ``<at>`` mention tags; otherwise ``text`` is plain.
-  HTML goes through ``bridge.formatting.sanitize_html`` (the stored ``html``) and
-  ``html_to_text`` (the stored ``text``).
+  HTML goes through ``bridge.formatting.sanitize_html`` (the stored ``html``), and
+  the stored ``text`` is ``html_to_text`` of that. Teams-only markup goes first:
+  the empty paragraph Teams puts before a code block (``itemtype=".../CodeBlockEditor"``)
+  and inline images that became attachments. Inside a code block, ``<br>`` becomes a
+  line break and a no-break space a space (the language Teams names on ``<pre>``
+  moves to ``<code>``, as Matrix has it). Emoji (``<img itemtype=".../Emoji"
+  alt="...">``) stay in the text as their character. Mention spans
+  (``itemtype=".../Mention"``) keep only their text.
 - A quoted reply (``<blockquote itemtype="http://schema.skype.com/Reply" itemid=...>``)
   becomes a reply relation and is removed from the body (no reply fallbacks).
 - A leading mention of the bot (how a channel message addresses it) is removed
@@ -24,11 +30,10 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from html import escape
-from html.parser import HTMLParser
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from adapters.teams.activity import JSON, TeamsActivity
@@ -42,15 +47,18 @@ FILE_DOWNLOAD_INFO = "application/vnd.microsoft.teams.file.download.info"
 REFERENCE = "reference"
 MAX_ATTACHMENTS = 32
 
-_REPLY_QUOTE = re.compile(
-    r"<blockquote\b(?P<attrs>[^>]*\bitemtype\s*=\s*[\"']http://schema\.skype\.com/Reply[\"'][^>]*)>"
-    r".*?</blockquote>",
-    re.IGNORECASE | re.DOTALL,
-)
+_BLOCKQUOTE_START = re.compile(r"<blockquote\b(?P<attrs>[^<>]*+)>", re.IGNORECASE)
+"""A blockquote start tag; each try stops at the next ``<``, so a search is linear."""
+_BLOCKQUOTE_END = re.compile(r"</blockquote\s*>", re.IGNORECASE)
+_REPLY_TYPE = re.compile(r"\bitemtype\s*=\s*[\"']http://schema\.skype\.com/Reply[\"']", re.I)
 _ITEM_ID = re.compile(r"\bitemid\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
 _AT_TAG = re.compile(r"<at\b", re.IGNORECASE)
 _SPACE = "&nbsp;|&#160;|&#xa0;|\xa0"
 _MENTION_TYPE = r"itemtype\s*=\s*[\"']http://schema\.skype\.com/Mention[\"']"
+_TAG: Final = re.compile(r"(<[^>]*>)")
+"""Splits sanitized HTML (whose text holds no ``<``) into tags and text."""
+CODE_BLOCK_MARKER: Final = "http://schema.skype.com/CodeBlockEditor"
+EMOJI_ITEMTYPE: Final = "http://schema.skype.com/Emoji"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,10 +88,9 @@ def message_content(activity: TeamsActivity, *, bot_ids: frozenset[str]) -> Mess
     if html is not None:
         html, quoted = _strip_reply_quote(html)
         html, addressed = _strip_leading_bot_mention(html, _bot_names(activity.entities, bot_ids))
-        inline_images = _inline_images(html)
-        text = html_to_text(html).strip()
-        clean = sanitize_html(html).strip()
-        body_html = clean or None
+        clean, inline_images = _teams_html(html)
+        text = html_to_text(clean)
+        body_html = clean if text else None
     else:
         text = (activity.text or "").strip()
         body_html = None
@@ -112,13 +119,57 @@ def html_source(activity: TeamsActivity) -> str | None:
     return None
 
 
+def _teams_html(source: str) -> tuple[str, list[Attachment]]:
+    """Teams message HTML sanitized, without Teams-only markup; the images it shows.
+
+    The images are read in the sanitizer's own walk, so an image inside dropped
+    content (``<template>``, ``<svg>``...) is no attachment either.
+    """
+    images: list[Attachment] = []
+
+    def teams_only(tag: str, attributes: Mapping[str, str]) -> bool:
+        if tag == "p":
+            return attributes.get("itemtype") == CODE_BLOCK_MARKER
+        if tag != "img":
+            return False
+        image = _inline_image(attributes)
+        if image is None:
+            return False  # an emoji, or nothing fetchable: its alt text stays
+        if len(images) < MAX_ATTACHMENTS:
+            images.append(image)
+        return True
+
+    clean = sanitize_html(source, drop=teams_only).strip()
+    return _plain_code_blocks(clean), images
+
+
+def _plain_code_blocks(clean: str) -> str:
+    """Teams writes a code block's lines with ``<br>`` and its spaces as no-break spaces."""
+    out: list[str] = []
+    in_pre = 0
+    for piece in _TAG.split(clean):
+        if piece in ("<pre>", "</pre>"):
+            in_pre += 1 if piece == "<pre>" else -1
+        if in_pre > 0 and piece == "<br>":
+            out.append("\n")
+        elif in_pre > 0 and not piece.startswith("<"):
+            out.append(piece.replace("\xa0", " "))
+        else:
+            out.append(piece)
+    return "".join(out)
+
+
 def _strip_reply_quote(html: str) -> tuple[str, TeamsActivityID | None]:
-    match = _REPLY_QUOTE.search(html)
-    if match is None:
-        return html, None
-    item = _ITEM_ID.search(match.group("attrs"))
-    quoted = TeamsActivityID(item.group(1)) if item else None
-    return html[: match.start()] + html[match.end() :], quoted
+    """Remove the first quoted-reply blockquote; the id of the message it quotes."""
+    for match in _BLOCKQUOTE_START.finditer(html):
+        attrs = match.group("attrs")
+        if _REPLY_TYPE.search(attrs) is None:
+            continue
+        end = _BLOCKQUOTE_END.search(html, match.end())
+        item = _ITEM_ID.search(attrs)
+        quoted = TeamsActivityID(item.group(1)) if item else None
+        return html[: match.start()] + (html[end.end() :] if end else ""), quoted
+    return html, None
 
 
 def _bot_names(entities: Iterable[JSON], bot_ids: frozenset[str]) -> list[str]:
@@ -208,36 +259,20 @@ def _attachment(entry: JSON) -> Attachment | None:
     return Attachment(name=name or "file", mime_type=content_type, url=url)
 
 
-class _ImageCollector(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.images: list[Attachment] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag != "img" or len(self.images) >= MAX_ATTACHMENTS:
-            return
-        values = {k: v for k, v in attrs if v is not None}
-        url = _https(values.get("src"))
-        if url is None:
-            return
-        alt = values.get("alt", "").strip()
-        self.images.append(
-            Attachment(
-                name=alt or "image",
-                mime_type="image/*",
-                url=url,
-                is_image=True,
-                width=_int(values.get("width")),
-                height=_int(values.get("height")),
-            )
-        )
-
-
-def _inline_images(html: str) -> list[Attachment]:
-    collector = _ImageCollector()
-    collector.feed(html)
-    collector.close()
-    return collector.images
+def _inline_image(attributes: Mapping[str, str]) -> Attachment | None:
+    """An image shown in the message (not an emoji) as an attachment, if Teams serves it."""
+    url = _https(attributes.get("src"))
+    if url is None or attributes.get("itemtype") == EMOJI_ITEMTYPE:
+        return None
+    alt = attributes.get("alt", "").strip()
+    return Attachment(
+        name=alt or "image",
+        mime_type="image/*",
+        url=url,
+        is_image=True,
+        width=_int(attributes.get("width")),
+        height=_int(attributes.get("height")),
+    )
 
 
 def _dedupe(attachments: Iterable[Attachment]) -> list[Attachment]:

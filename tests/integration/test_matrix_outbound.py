@@ -266,7 +266,7 @@ async def test_replies_threads_and_formatted_mentions(scene: Scene) -> None:
     assert content["format"] == "org.matrix.custom.html"
     assert content["formatted_body"] == (
         f'<b><a href="https://matrix.to/#/{scene.user.user_id}">Oncall</a></b> and '
-        f'<a href="https://matrix.to/#/{lee_ghost}">Lee</a>: check <a>db-1</a>'
+        f'<a href="https://matrix.to/#/{lee_ghost}">Lee</a>: check db-1'
     )
     assert content["m.mentions"] == {"user_ids": [scene.user.user_id, lee_ghost]}
 
