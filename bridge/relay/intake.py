@@ -116,7 +116,9 @@ class Intake:
                     if inbound.kind in MIRRORED_KINDS
                     else []
                 )
-                relations = tuple([await self._resolve(r) for r in inbound.relations])
+                relations = tuple(
+                    [await self._resolve(r, inbound.parent_room) for r in inbound.relations]
+                )
                 now = self._clock.now()
                 event = TimelineEvent(
                     id=EventID(self._ids.new()),
@@ -144,13 +146,19 @@ class Intake:
                 log.debug("event_stored", event_id=result.event.id, targets=len(targets))
             return result
 
-    async def _resolve(self, relation: Relation) -> Relation:
-        """Attach the timeline event id of a relation's target, when the bridge knows it."""
+    async def _resolve(self, relation: Relation, parent: RoomRef | None) -> Relation:
+        """Attach the timeline event id of a relation's target, when the bridge knows it.
+
+        A message the bridge posted into a channel is recorded under the channel; the
+        thread that grows under it names the thread's room, so the parent is tried too.
+        """
         if relation.event_id is not None:
             return relation
         target = await self._store.find_by_origin(relation.target, Kind.MESSAGE)
         if target is None:
             target = await self._store.find_by_mirror(relation.target)
+        if target is None and parent is not None:
+            target = await self._store.find_by_mirror(replace(relation.target, room=parent))
         return replace(relation, event_id=target.id) if target is not None else relation
 
 

@@ -39,6 +39,10 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], *, outbox_retention:
                 [("mirrors.room_key", ASCENDING), ("mirrors.message_id", ASCENDING)],
                 name="mirror_lookup",
             ),
+            IndexModel(
+                [("mirrors.status", ASCENDING), ("received_at", ASCENDING)],
+                name="unsettled_mirrors",
+            ),
         ]
     )
     await db["outbox"].create_indexes(

@@ -95,6 +95,26 @@ class MemoryTimelineStore:
                 )
         return AppendResult(event=event, duplicate=duplicate)
 
+    async def repair_outbox(self, *, received_before: datetime, limit: int) -> int:
+        self._check()
+        cutoff = codec.to_ms(received_before)
+        looked = 0
+        for doc in list(self._events.values()):
+            if looked >= limit:
+                break
+            if doc["received_at"] > cutoff:
+                continue
+            event = codec.event_from(copy.deepcopy(doc))
+            due = [m.room for m in event.mirrors if unsettled(m)]
+            if not due:
+                continue
+            looked += 1
+            for target in due:
+                self._outbox.setdefault(
+                    codec.outbox_id(event.id, target), codec.outbox_doc(event, target)
+                )
+        return looked
+
     async def get(self, event_id: EventID) -> TimelineEvent | None:
         self._check()
         doc = self._events.get(event_id)

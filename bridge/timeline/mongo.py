@@ -117,6 +117,18 @@ class MongoTimelineStore:
         ]
         await self._outbox.bulk_write(ops, ordered=False)
 
+    async def repair_outbox(self, *, received_before: datetime, limit: int) -> int:
+        query = {
+            "mirrors.status": {"$in": ["pending", "retrying"]},
+            "received_at": {"$lte": codec.to_ms(received_before)},
+        }
+        async with store_errors("repairing the outbox"):
+            docs = await self._timeline.find(query).limit(limit).to_list()
+            for doc in docs:
+                event = codec.event_from(doc)
+                await self._ensure_outbox(event, [m.room for m in event.mirrors])
+        return len(docs)
+
     async def get(self, event_id: EventID) -> TimelineEvent | None:
         async with store_errors("reading an event"):
             doc = await self._timeline.find_one({"_id": event_id})

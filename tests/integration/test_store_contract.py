@@ -256,6 +256,30 @@ async def test_a_lease_is_renewed_only_by_its_live_holder(backend: Backend) -> N
     assert not await store.renew_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)  # expired
 
 
+async def test_repair_recreates_entries_lost_between_the_two_writes(backend: Backend) -> None:
+    store, clock = backend.store, backend.clock
+    # The state a crash between the event write and the outbox write leaves behind:
+    # an event with a pending mirror and no outbox entry.
+    orphan = replace(backend.events.message("orphan"), mirrors=(Mirror(room=TEAMS_ROOM),))
+    await store.append(orphan, [])
+    assert await store.pending_entries(TEAMS_ROOM, limit=10) == []
+    delivered = backend.events.message("sent")
+    await store.append(delivered, [TEAMS_ROOM])
+    (entry,) = await store.pending_entries(TEAMS_ROOM, limit=10)
+    await store.set_mirror(
+        delivered.id,
+        Mirror(room=TEAMS_ROOM, status=MirrorStatus.SENT, message_id=RemoteMessageID("1")),
+    )
+    await store.complete_entry(entry.id)
+
+    assert await store.repair_outbox(received_before=clock.now(), limit=100) == 1
+    (repaired,) = await store.pending_entries(TEAMS_ROOM, limit=10)
+    assert repaired.event_id == orphan.id
+    # Running it again adds nothing; a settled mirror is never re-queued.
+    await store.repair_outbox(received_before=clock.now(), limit=100)
+    assert len(await store.pending_entries(TEAMS_ROOM, limit=10)) == 1
+
+
 async def test_room_links(backend: Backend) -> None:
     link = RoomLink(matrix_room=MATRIX_ROOM, teams_room=TEAMS_ROOM, created_at=backend.clock.now())
     await backend.store.save_link(link)
