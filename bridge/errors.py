@@ -75,3 +75,13 @@ class PermanentDeliveryError(DeliveryError):
     """The platform refused for good (forbidden, not found, too large)."""
 
     retryable = False
+
+
+class MediaTooLargeError(PermanentDeliveryError):
+    """A file is larger than a platform (or the bridge) accepts; ``size`` when known."""
+
+    def __init__(self, *, size: int | None, limit: int) -> None:
+        shown = f"{size} bytes" if size is not None else "more"
+        super().__init__(f"media too large: {shown}, the limit is {limit} bytes")
+        self.size = size
+        self.limit = limit

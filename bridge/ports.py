@@ -114,8 +114,35 @@ class SupportsRedactions(Protocol):
 @runtime_checkable
 class SupportsReactions(Protocol):
     async def react(
-        self, target: RemoteRef, sender: Sender, key: str, *, idempotency_key: str
-    ) -> RemoteRef: ...
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        key: str,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+    ) -> RemoteRef | None:
+        """Show ``sender``'s ``key`` reaction on ``target``; ``original`` is the reacted
+        message's timeline event, when known. Returns the reaction's own message, or None
+        when it has none (a platform where the bridge cannot react as a user shows the
+        reaction in a line it keeps on or next to the message)."""
+
+
+@runtime_checkable
+class SupportsReactionRemoval(Protocol):
+    async def unreact(
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        key: str,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+        reaction: RemoteRef | None = None,
+    ) -> RemoteRef | None:
+        """Take back ``sender``'s ``key`` reaction on ``target``; ``reaction`` is what
+        ``react`` returned for it, when known. Returns what was removed (None: nothing was
+        there); taking back twice is harmless."""
 
 
 @runtime_checkable
@@ -149,9 +176,22 @@ class SupportsPrivilege(Protocol):
 
 @runtime_checkable
 class SupportsMedia(Protocol):
-    async def download(self, attachment: Attachment, *, max_bytes: int) -> bytes: ...
+    """Files carried across the bridge (``bridge.relay.media``).
 
-    async def upload(self, data: bytes, attachment: Attachment) -> Attachment: ...
+    ``download`` and ``upload`` raise ``MediaTooLargeError`` for a file over the limit
+    (``max_bytes``, resp. ``max_media_bytes``), another ``PermanentDeliveryError`` when the
+    platform refuses for good, a ``RetryableDeliveryError`` when it may work later.
+    """
+
+    @property
+    def max_media_bytes(self) -> int:
+        """The largest file ``upload`` accepts."""
+
+    async def download(self, attachment: Attachment, *, max_bytes: int) -> bytes:
+        """The bytes of an attachment received on this platform."""
+
+    async def upload(self, data: bytes, attachment: Attachment) -> Attachment:
+        """Make ``data`` available on this platform; the attachment with its new ``url``."""
 
 
 class TimelineStore(Protocol):
@@ -200,6 +240,14 @@ class TimelineStore(Protocol):
         self, owner: str, *, now: datetime, ttl: timedelta, limit: int
     ) -> list[RoomRef]:
         """Lease target rooms with due outbox work to ``owner`` (renewing its own)."""
+
+    async def repair_outbox(self, *, received_before: datetime, limit: int) -> int:
+        """Re-create missing outbox entries of events whose mirrors are still unsettled.
+
+        ``append`` writes the event and its entries separately; a crash between the
+        two leaves an event nobody will deliver (Teams never redelivers). Returns how
+        many events were looked at.
+        """
 
     async def renew_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
         """Extend ``owner``'s lease on ``room``; False if it no longer holds it."""

@@ -40,7 +40,8 @@ RETRY_MAX_S = 30.0
 
 
 class MatrixAdapter:
-    """``ChatAdapter`` + ``SupportsEdits``/``Redactions``/``Reactions``/``Media`` for Matrix."""
+    """``ChatAdapter`` + ``SupportsEdits``/``Redactions``/``Reactions``/``ReactionRemoval``/
+    ``Media`` for Matrix."""
 
     platform = Platform.MATRIX
 
@@ -255,9 +256,35 @@ class MatrixAdapter:
         await self._sender.redact(target, sender, idempotency_key=idempotency_key)
 
     async def react(
-        self, target: RemoteRef, sender: Sender, key: str, *, idempotency_key: str
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        key: str,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
     ) -> RemoteRef:
+        del original  # the ghost reacts to the event itself
         return await self._sender.react(target, sender, key, idempotency_key=idempotency_key)
+
+    async def unreact(
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        key: str,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+        reaction: RemoteRef | None = None,
+    ) -> RemoteRef | None:
+        del original
+        return await self._sender.unreact(
+            target, sender, key, idempotency_key=idempotency_key, reaction=reaction
+        )
+
+    @property
+    def max_media_bytes(self) -> int:
+        return self._sender.max_media_bytes
 
     async def upload(self, data: bytes, attachment: Attachment) -> Attachment:
         return await self._sender.upload(data, attachment)

@@ -13,7 +13,7 @@ from adapters.matrix.client import (
     MatrixUnavailableError,
     path,
 )
-from bridge.errors import PermanentDeliveryError
+from bridge.errors import MediaTooLargeError
 
 DOWNLOAD_CHUNK_BYTES: Final = 64 * 1024
 
@@ -69,9 +69,8 @@ class MatrixMediaDownloader:
             raise MatrixUnavailableError(f"media download failed: {type(exc).__name__}") from exc
 
 
-def _too_large(max_bytes: int, declared: int | None) -> PermanentDeliveryError:
-    size = f"{declared} bytes" if declared is not None else "more"
-    return PermanentDeliveryError(f"media too large: {size}, the limit is {max_bytes} bytes")
+def _too_large(max_bytes: int, declared: int | None) -> MediaTooLargeError:
+    return MediaTooLargeError(size=declared, limit=max_bytes)
 
 
 async def _media_error(response: aiohttp.ClientResponse) -> Exception:

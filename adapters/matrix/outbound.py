@@ -46,7 +46,7 @@ from adapters.matrix.ids import (
     MatrixUserID,
 )
 from adapters.matrix.media import MediaFetcher
-from bridge.errors import PermanentDeliveryError
+from bridge.errors import MediaTooLargeError, PermanentDeliveryError
 from bridge.model import (
     Attachment,
     Body,
@@ -186,12 +186,36 @@ class MatrixSender:
             log.info("matrix_reaction_sent", matrix_event_id=reaction, target=target.message_id)
         return RemoteRef(room=target.room, message_id=RemoteMessageID(reaction))
 
+    async def unreact(
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        key: str,
+        *,
+        idempotency_key: str,
+        reaction: RemoteRef | None = None,
+    ) -> RemoteRef | None:
+        """Redact ``sender``'s ghost's ``key`` reaction to ``target``: ``reaction`` when
+        given, else the one its relations show. Returns the redacted reaction, if any."""
+        room = _matrix_room(target.room)
+        if reaction is None:
+            user = await self._ghosts.ensure_ghost(sender)
+            found = await self._find_reaction(user, room, target.message_id, key)
+            if found is None:
+                log.info("matrix_reaction_absent", target=target.message_id)
+                return None
+            reaction = RemoteRef(room=target.room, message_id=RemoteMessageID(found))
+        await self.redact(reaction, sender, idempotency_key=idempotency_key)
+        return reaction
+
+    @property
+    def max_media_bytes(self) -> int:
+        return self._max_media_bytes
+
     async def upload(self, data: bytes, attachment: Attachment) -> Attachment:
         """Store ``data`` in the homeserver's media repository; the attachment with its mxc URI."""
         if len(data) > self._max_media_bytes:
-            raise PermanentDeliveryError(
-                f"media too large: {len(data)} bytes, the limit is {self._max_media_bytes} bytes"
-            )
+            raise MediaTooLargeError(size=len(data), limit=self._max_media_bytes)
         body = await self._client.request(
             "POST",
             path(MEDIA_V3, "upload"),

@@ -2,8 +2,9 @@
 
 ``create_adapter`` builds the whole Teams object graph from the settings: one HTTP
 session (owned by the adapter, closed when it stops), the channel's signing keys,
-the outbound token provider, the conversation references, the sender, and the
-messaging endpoint mounted on the daemon's web application.
+the outbound token provider, the conversation references, the sender (with the
+reaction line), the messaging endpoint and the media route (``/media/{token}``)
+mounted on the daemon's web application, and the downloads of Teams files.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import aiohttp
 from adapters.teams.adapter import TeamsAdapter
 from adapters.teams.auth import InboundAuthenticator
 from adapters.teams.commands import COMMANDS
-from adapters.teams.convert import ActivityConverter
 from adapters.teams.inbound import MessagingEndpoint
 from adapters.teams.keys import OpenIdKeySource
+from adapters.teams.media import FileLinks, TeamsFiles
+from adapters.teams.media_host import MediaHost
 from adapters.teams.outbound import TeamsSender
 from adapters.teams.pacing import PacingSettings
+from adapters.teams.reactions import ReactionDresser, ReactionRecords, TeamsReactions
 from adapters.teams.records import StateAmbiguousSends, StateLayouts
 from adapters.teams.references import StoredConversationReferences
 from adapters.teams.tokens import token_provider_for
@@ -55,20 +58,25 @@ def create_adapter(context: AdapterContext) -> TeamsAdapter:
             cache_size=settings.conversation_cache_size,
             service_url_allowed=authenticator.service_url_allowed,
         )
+        tokens = token_provider_for(settings, session=session, clock=context.clock)
+        pacing = PacingSettings()
+        reaction_records = ReactionRecords(context.state)
         sender = TeamsSender(
             session=session,
-            tokens=token_provider_for(settings, session=session, clock=context.clock),
+            tokens=tokens,
             conversations=references,
             clock=context.clock,
             metrics=context.metrics,
-            settings=PacingSettings(),
+            settings=pacing,
             ambiguous=StateAmbiguousSends(context.state, clock=context.clock),
             layouts=StateLayouts(context.state),
+            dresser=ReactionDresser(reaction_records, max_activity_bytes=pacing.max_activity_bytes),
         )
+        links = FileLinks(context.state, clock=context.clock)
         endpoint = MessagingEndpoint(
             app_id=settings.app_id,
             authenticator=authenticator,
-            converter=ActivityConverter(app_id=settings.app_id, clock=context.clock),
+            converter=links.converter(app_id=settings.app_id, clock=context.clock),
             references=references,
             max_body_bytes=settings.max_activity_bytes,
         )
@@ -79,6 +87,22 @@ def create_adapter(context: AdapterContext) -> TeamsAdapter:
             keys=keys,
             sender=sender,
             session=session,
+            reactions=TeamsReactions(
+                records=reaction_records, timeline=context.store, sender=sender, clock=context.clock
+            ),
+            files=TeamsFiles(
+                session=session,
+                tokens=tokens,
+                links=links,
+                service_url_allowed=authenticator.service_url_allowed,
+                timeout_s=settings.request_timeout_s,
+            ),
+            links=links,
+            media_host=MediaHost(
+                state=context.state,
+                public_url=context.settings.http.public_url,
+                clock=context.clock,
+            ),
         )
     except BaseException:
         session.detach()  # nothing was connected yet; marks the session closed

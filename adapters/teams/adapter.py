@@ -3,7 +3,9 @@
 Inbound is the messaging endpoint (``inbound.MessagingEndpoint``), whose route is
 added to the daemon's web application at construction and which accepts
 activities only between ``start`` and ``stop``. Outbound (send, edit, redact) is
-delegated to the Teams sender. ``ready`` is true once started and the channel's
+delegated to the Teams sender; reactions from Matrix go on the reaction line the
+bot keeps (``reactions``); files are downloaded (``media``) and served to Teams
+(``media_host``). ``ready`` is true once started and the channel's
 signing keys have been fetched; if they cannot be fetched at start-up, a task
 owned by the adapter keeps trying (capped backoff) until they are, or until stop.
 """
@@ -19,9 +21,13 @@ import structlog
 from aiohttp import web
 
 from adapters.teams.inbound import MessagingEndpoint
+from adapters.teams.media import FileLinks, TeamsFiles
+from adapters.teams.media_host import MediaHost
+from adapters.teams.reactions import TeamsReactions
+from adapters.teams.render import media_attachment
 from bridge.config.teams import TeamsSettings
-from bridge.errors import DeliveryError, DependencyUnavailableError
-from bridge.model import EventID, Platform, RemoteRef, Sender
+from bridge.errors import DeliveryError, DependencyUnavailableError, PermanentDeliveryError
+from bridge.model import Attachment, EventID, Platform, RemoteRef, Sender
 from bridge.ports import InboundSink, OutboundMessage
 
 log = structlog.get_logger(__name__)
@@ -55,7 +61,8 @@ class SigningKeys(Protocol):
 
 
 class TeamsAdapter:
-    """Teams behind the ``ChatAdapter`` seam (with edits and redactions)."""
+    """Teams behind the ``ChatAdapter`` seam (with edits, redactions, the reaction line
+    and media)."""
 
     def __init__(
         self,
@@ -66,13 +73,28 @@ class TeamsAdapter:
         keys: SigningKeys,
         sender: OutboundSender,
         session: aiohttp.ClientSession | None = None,
+        reactions: TeamsReactions | None = None,
+        files: TeamsFiles | None = None,
+        links: FileLinks | None = None,
+        media_host: MediaHost | None = None,
     ) -> None:
-        """``session``, when given, is owned by the adapter and closed by ``stop``."""
+        """``session``, when given, is owned by the adapter and closed by ``stop``.
+
+        ``reactions``, ``files`` (with the ``links`` the endpoint's converter notes) and
+        ``media_host`` enable the reaction line, downloads and uploads; without them
+        those calls are refused.
+        """
         self._settings = settings
         self._endpoint = endpoint
         self._keys = keys
         self._sender = sender
         self._session = session
+        self._reactions = reactions
+        self._files = files
+        self._links = links
+        self._media_host = media_host
+        if media_host is not None:
+            web_app.add_routes(media_host.routes())
         self._own_ids = frozenset({f"28:{settings.app_id}", settings.app_id})
         self._started = False
         self._stopped = False
@@ -93,7 +115,7 @@ class TeamsAdapter:
         if self._started:
             return
         self._started = True
-        self._endpoint.attach(sink)
+        self._endpoint.attach(self._links.sink(sink) if self._links is not None else sink)
         try:
             await self._fetch_keys()
         except (DependencyUnavailableError, TimeoutError) as exc:
@@ -121,7 +143,11 @@ class TeamsAdapter:
         return sender.platform is Platform.TEAMS and sender.user_id in self._own_ids
 
     async def send(self, message: OutboundMessage, *, idempotency_key: str) -> RemoteRef:
-        return await self._sender.send(message, idempotency_key=idempotency_key)
+        sent = await self._sender.send(message, idempotency_key=idempotency_key)
+        attachments = message.event.body.attachments
+        if self._reactions is not None and any(media_attachment(a) for a in attachments):
+            await self._reactions.remember_sent(sent, message)
+        return sent
 
     async def send_batch(
         self, messages: Sequence[OutboundMessage], *, idempotency_keys: Sequence[str]
@@ -157,6 +183,56 @@ class TeamsAdapter:
     ) -> None:
         del sender  # the bot deletes its own message; who asked is in the timeline
         await self._sender.delete(target, idempotency_key=idempotency_key, original=original)
+
+    async def react(
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        key: str,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+    ) -> RemoteRef | None:
+        """Add ``sender`` to the reaction line of ``target`` (the bot cannot react as them)."""
+        await self._reaction_line().react(
+            target, sender, key, idempotency_key=idempotency_key, original=original
+        )
+        return None
+
+    async def unreact(
+        self,
+        target: RemoteRef,
+        sender: Sender,
+        key: str,
+        *,
+        idempotency_key: str,
+        original: EventID | None = None,
+        reaction: RemoteRef | None = None,
+    ) -> RemoteRef | None:
+        del reaction  # the line is the bridge's own, not made of reactions
+        await self._reaction_line().unreact(
+            target, sender, key, idempotency_key=idempotency_key, original=original
+        )
+        return None
+
+    @property
+    def max_media_bytes(self) -> int:
+        return self._media_host.max_bytes if self._media_host is not None else 0
+
+    async def download(self, attachment: Attachment, *, max_bytes: int) -> bytes:
+        if self._files is None:
+            raise PermanentDeliveryError("Teams downloads are not set up")
+        return await self._files.download(attachment, max_bytes=max_bytes)
+
+    async def upload(self, data: bytes, attachment: Attachment) -> Attachment:
+        if self._media_host is None:
+            raise PermanentDeliveryError("serving files to Teams is not set up")
+        return await self._media_host.upload(data, attachment)
+
+    def _reaction_line(self) -> TeamsReactions:
+        if self._reactions is None:
+            raise PermanentDeliveryError("the Teams reaction line is not set up")
+        return self._reactions
 
     async def _fetch_keys(self) -> None:
         async with asyncio.timeout(self._settings.request_timeout_s):

@@ -1,16 +1,18 @@
 """The outbound half of the Teams adapter: messages, edits and deletes into Teams.
 
 ``TeamsSender`` is what ``TeamsAdapter`` delegates ``send``, ``edit`` and
-``redact`` to. Every operation goes through the queue of its conversation (a
-channel and its threads share one), served in order by one worker task:
+``redact`` to, and the reaction line's ``update``s (see ``reactions``: every
+update is dressed with the activity's reaction line). Every operation goes
+through the queue of its conversation (a channel and its threads share one),
+served in order by one worker task:
 
 1. The worker waits for a slot in the conversation's and the tenant's
    sliding windows (``pacing.Pacer``): Teams' limits are never crossed.
 2. If the operation at the head is a plain new message, the plain messages
    queued right behind it for the same place are combined with it into one
    activity (one line each, attribution kept, order kept, within the size
-   limit): a flood is coalesced, never dropped. Replies, edits and deletes
-   are sent one by one.
+   limit): a flood is coalesced, never dropped. Replies, messages with
+   images, edits and deletes are sent one by one.
 3. The call is made. A 429 pauses the conversation for ``Retry-After``; 412
    and 5xx back off exponentially with jitter, for a bounded number of
    attempts, then the error goes to the caller (the core's outbox retries
@@ -30,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import aiohttp
 import structlog
@@ -97,6 +99,16 @@ class OperationKind(StrEnum):
     SEND = "send"
     EDIT = "edit"
     DELETE = "delete"
+    UPDATE = "update"
+    """Put given content into an activity (the reaction line's changes)."""
+
+
+class Dresser(Protocol):
+    """What is added to an activity's content on every update (the reaction line)."""
+
+    async def dress(
+        self, conversation_key: str, activity_id: TeamsActivityID, content: Content
+    ) -> Content: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +126,9 @@ class _Operation:
     sender: RemoteUserID | None = None
     """For a delete: who deleted (to find their line when ``original`` is unknown)."""
     prior_ambiguous: int = 0
+    content: Content | None = None
+    """For an update: the content to put, and whether it is dressed (``dressed``)."""
+    dressed: bool = True
 
 
 class TeamsSender:
@@ -132,8 +147,11 @@ class TeamsSender:
         layouts: LayoutStore | None = None,
         sleep: Sleep | None = None,
         jitter: Callable[[], float] | None = None,
+        dresser: Dresser | None = None,
     ) -> None:
+        """``dresser`` adds to the content of every update (the reaction line)."""
         self._settings = settings
+        self._dresser = dresser
         self._conversations = conversations
         self._clock = clock
         self._metrics = OutboundMetrics(metrics)
@@ -166,6 +184,14 @@ class TeamsSender:
     @property
     def connector(self) -> ConnectorClient:
         return self._connector
+
+    @property
+    def layouts(self) -> LayoutStore:
+        return self._layouts
+
+    @property
+    def max_activity_bytes(self) -> int:
+        return self._settings.max_activity_bytes
 
     # -- the public operations ---------------------------------------------------------
 
@@ -226,6 +252,23 @@ class TeamsSender:
 
         await self._change(target, idempotency_key, prepare)
 
+    async def update(
+        self, target: RemoteRef, content: Content, *, idempotency_key: str, dressed: bool = True
+    ) -> None:
+        """Put ``content`` into an activity the bridge posted (dressed, unless told not to)."""
+
+        async def prepare() -> _Operation:
+            return _Operation(
+                kind=OperationKind.UPDATE,
+                key=idempotency_key,
+                address=await self._address(target.room.room_id),
+                target=target,
+                content=content,
+                dressed=dressed,
+            )
+
+        await self._change(target, idempotency_key, prepare)
+
     async def close(self) -> None:
         """Stop every worker; what is still queued fails as retryable. Idempotent."""
         await self._lanes.close()
@@ -263,6 +306,12 @@ class TeamsSender:
                 ref = RemoteRef(room=message.target, message_id=RemoteMessageID(record.activity_id))
                 self._remember(key, ref)
                 return Done(ref)
+            if record.in_flight:
+                # A create was under way when an earlier process died: it may have posted.
+                attempts = await self._ambiguous.record_ambiguous(
+                    key, address.conversation_id, "interrupted"
+                )
+                record = replace(record, attempts=attempts)
             if record.attempts >= AMBIGUOUS_BUDGET:
                 raise PermanentDeliveryError(
                     "an earlier create of this message may have been delivered and was already "
@@ -309,6 +358,7 @@ class TeamsSender:
             operation is not None
             and operation.kind is OperationKind.SEND
             and operation.line is not None
+            and not operation.line.attachments
             and operation.address.reply_to is None
             and operation.prior_ambiguous == 0
             and operation.key not in self._partial
@@ -348,6 +398,9 @@ class TeamsSender:
                 refs = [await self._send_one(head)]
             elif head.kind is OperationKind.EDIT:
                 await self._edit(head)
+                refs = [None]
+            elif head.kind is OperationKind.UPDATE:
+                await self._put(head)
                 refs = [None]
             else:
                 await self._delete(head)
@@ -545,9 +598,32 @@ class TeamsSender:
             slot_held = False
         await self._drop_layout(layout)
 
+    async def _put(self, operation: _Operation) -> None:
+        if operation.content is None:
+            raise AssertionError("an update carries its content")
+        activity_id = TeamsActivityID(_target(operation).message_id)
+        await self._update(
+            operation.address,
+            activity_id,
+            operation.content,
+            slot_held=True,
+            dressed=operation.dressed,
+        )
+
     async def _update(
-        self, address: Address, activity_id: TeamsActivityID, content: Content, *, slot_held: bool
+        self,
+        address: Address,
+        activity_id: TeamsActivityID,
+        content: Content,
+        *,
+        slot_held: bool,
+        dressed: bool = True,
     ) -> None:
+        if dressed and self._dresser is not None:
+            try:
+                content = await self._dresser.dress(address.conversation_key, activity_id, content)
+            except StoreError as exc:
+                raise RetryableDeliveryError(f"reaction line unavailable: {exc}") from exc
         payload = activity(content)
 
         async def put() -> None:

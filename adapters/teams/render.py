@@ -4,7 +4,10 @@ A bot cannot post as a user, so every line names its author and platform:
 ``<b>Alice</b> <i>(Matrix)</i>: text`` in Teams HTML (``textFormat: xml``).
 An edit is rendered the same way, so the updated activity looks like the
 original. Mentions of Teams users become real mentions: ``<at>Name</at>`` in
-the text plus a ``mention`` entity naming the user's AAD object id.
+the text plus a ``mention`` entity naming the user's AAD object id. Images Teams
+can fetch (https; plain http only on loopback) go as activity attachments
+(``contentType`` image/..., ``contentUrl``), which Teams shows in the message;
+other files are links in the text.
 
 Sizes are measured on the JSON the connector receives. An activity must stay
 under ``max_bytes`` (80 KB by default; Teams refuses about 100 KB with 413):
@@ -20,9 +23,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
+from bridge.config.teams import is_loopback_host
 from bridge.formatting import html_to_text, sanitize_html, text_to_html
-from bridge.model import Attachment, MessageStyle, Platform, Sender, TimelineEvent
+from bridge.model import Attachment, Body, MessageStyle, Platform, Sender, TimelineEvent
 
 PLATFORM_LABELS: Final = {
     Platform.MATRIX: "Matrix",
@@ -62,6 +67,18 @@ class Mention:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MediaAttachment:
+    """An image shown in the message: Teams fetches it from ``content_url``."""
+
+    content_type: str
+    content_url: str
+    name: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"contentType": self.content_type, "contentUrl": self.content_url, "name": self.name}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Line:
     """One message rendered for Teams: who wrote it, and what (Teams HTML)."""
 
@@ -71,6 +88,7 @@ class Line:
     body: str
     mentions: tuple[Mention, ...] = ()
     emote: bool = False
+    attachments: tuple[MediaAttachment, ...] = ()
 
     def header(self, part: int = 1, total: int = 1) -> str:
         label = self.platform if total == 1 else f"{self.platform}, part {part} of {total}"
@@ -83,25 +101,29 @@ class Line:
         return self.header() + self.body
 
     def content(self) -> Content:
-        return Content(html=self.html, mentions=self.mentions)
+        return Content(html=self.html, mentions=self.mentions, attachments=self.attachments)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Content:
-    """The text and mention entities of one activity."""
+    """The text, mention entities and images of one activity."""
 
     html: str
     mentions: tuple[Mention, ...] = ()
+    attachments: tuple[MediaAttachment, ...] = ()
 
 
 def render(event: TimelineEvent) -> Line:
     """A timeline event (a message or the new content of an edit) as one attributed line."""
     sender = event.sender
     body = event.body
-    source = sanitize_html(body.html) if body.html is not None else text_to_html(body.text)
+    source = teams_markup(sanitize_html(body.html)) if body.html else text_to_html(body.text)
     mentions = _teams_mentions(body.mentions)
     source = _insert_mentions(source, mentions)
-    attachments = "".join(_attachment(a) for a in body.attachments)
+    images = tuple(m for a in body.attachments if (m := media_attachment(a)) is not None)
+    if _only_names_its_file(body):
+        source = ""  # a Matrix file or image event: its text is the file name
+    attachments = "".join(_attachment(a) for a in body.attachments if media_attachment(a) is None)
     if attachments:
         source = f"{source}{attachments}" if source else attachments.removeprefix(LINE_SEPARATOR)
     return Line(
@@ -110,6 +132,38 @@ def render(event: TimelineEvent) -> Line:
         body=source,
         mentions=mentions,
         emote=body.style is MessageStyle.EMOTE,
+        attachments=images,
+    )
+
+
+def media_attachment(attachment: Attachment) -> MediaAttachment | None:
+    """An image Teams can fetch itself, as an activity attachment (None for the rest)."""
+    mime = attachment.mime_type
+    if not (attachment.is_image or mime.startswith("image/")) or not fetchable(attachment.url):
+        return None
+    return MediaAttachment(
+        content_type=mime if mime.startswith("image/") else "image/*",
+        content_url=attachment.url,
+        name=attachment.name or "image",
+    )
+
+
+def fetchable(url: str) -> bool:
+    """Whether Teams can fetch ``url``: https (plain http only on loopback, for tests)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    return parts.scheme == "http" and is_loopback_host(parts.hostname)
+
+
+def _only_names_its_file(body: Body) -> bool:
+    return (
+        len(body.attachments) == 1
+        and body.html is None
+        and body.text.strip() == body.attachments[0].name.strip()
     )
 
 
@@ -118,6 +172,8 @@ def activity(content: Content, *, reply_to: str | None = None) -> dict[str, Any]
     payload: dict[str, Any] = {"type": "message", "textFormat": "xml", "text": content.html}
     if content.mentions:
         payload["entities"] = [m.entity() for m in content.mentions]
+    if content.attachments:
+        payload["attachments"] = [a.payload() for a in content.attachments]
     if reply_to is not None:
         payload["replyToId"] = reply_to
     return payload
@@ -140,7 +196,9 @@ def combine(lines: Sequence[Line]) -> Content:
         for mention in line.mentions:
             mentions.setdefault(mention.user_id, mention)
     return Content(
-        html=LINE_SEPARATOR.join(line.html for line in lines), mentions=tuple(mentions.values())
+        html=LINE_SEPARATOR.join(line.html for line in lines),
+        mentions=tuple(mentions.values()),
+        attachments=tuple(a for line in lines for a in line.attachments),
     )
 
 
@@ -157,6 +215,7 @@ def split(line: Line, *, max_bytes: int) -> list[Content]:
         Content(
             html=line.header(index, total) + piece,
             mentions=tuple(m for m in line.mentions if m.text in piece),
+            attachments=line.attachments if index == 1 else (),
         )
         for index, piece in enumerate(pieces, start=1)
     ]
@@ -170,8 +229,48 @@ def truncate(line: Line, *, max_bytes: int, parts: int) -> list[Content]:
     marker = " <i>(truncated: the edit is too long)</i>"
     kept = split(line, max_bytes=max_bytes - encoded_size(marker))[: max(1, parts)]
     last = kept[-1]
-    kept[-1] = Content(html=last.html + marker, mentions=last.mentions)
+    kept[-1] = Content(
+        html=last.html + marker, mentions=last.mentions, attachments=last.attachments
+    )
     return kept
+
+
+# -- formatting ---------------------------------------------------------------------
+
+TEAMS_TAGS: Final = {"s": "strike", "del": "strike", "h4": "h3", "h5": "h3", "h6": "h3"}
+"""Tags Teams does not render, as the documented tags that mean the same."""
+_SPACE_RUN: Final = re.compile(r" {2,}")
+_BREAK_BEFORE_PRE_END: Final = re.compile(r"<br>((?:</code>)?</pre>)")
+
+
+def teams_markup(source: str) -> str:
+    """Sanitized HTML in the subset Teams renders.
+
+    ``<strike>`` for ``<s>`` and ``<del>``; headings at most ``<h3>``. Teams collapses
+    white space inside ``<pre>``, so a code block's line breaks become ``<br>`` and its
+    leading and repeated spaces no-break spaces.
+    """
+    out: list[str] = []
+    in_pre = 0
+    for token in _TAG.split(source):
+        written = token
+        if token.startswith("<"):
+            name = _tag_name(token)
+            if name == "pre":
+                in_pre += -1 if token.startswith("</") else 1
+            renamed = TEAMS_TAGS.get(name)
+            if renamed is not None:
+                written = token.replace(name, renamed, 1)
+        elif in_pre > 0 and token:
+            written = LINE_SEPARATOR.join(_keep_spaces(line) for line in token.split("\n"))
+        out.append(written)
+    return _BREAK_BEFORE_PRE_END.sub(r"\1", "".join(out))
+
+
+def _keep_spaces(line: str) -> str:
+    rest = line.lstrip(" ")
+    lead = "&nbsp;" * (len(line) - len(rest))
+    return lead + _SPACE_RUN.sub(lambda m: " " + "&nbsp;" * (len(m.group()) - 1), rest)
 
 
 # -- mentions -----------------------------------------------------------------------
@@ -237,7 +336,7 @@ def _tag_name(token: str) -> str:
 
 def _attachment(attachment: Attachment) -> str:
     name = html.escape(attachment.name or "attachment", quote=False)
-    if attachment.url.startswith("https://"):
+    if fetchable(attachment.url):
         href = html.escape(attachment.url, quote=True)
         return f'{LINE_SEPARATOR}<a href="{href}">[file] {name}</a>'
     return f"{LINE_SEPARATOR}[file] {name}"

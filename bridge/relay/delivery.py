@@ -70,6 +70,9 @@ class DeliverySettings:
     poll_interval_s: float = 0.5
     max_rooms: int = 64
     batch: int = 50
+    repair_interval_s: float = 30.0
+    repair_age_s: float = 10.0
+    """Only events older than this are repaired: younger ones may still be mid-append."""
     linger_s: float = 2.0
     """An idle worker keeps its room this long, so the next message skips the lease round trip."""
     max_batch: int = 20
@@ -117,7 +120,7 @@ class DeliveryService:
         self._settings = settings
         self._jitter = jitter
         self._ids = ids
-        self._dispatcher = Dispatcher(store)
+        self._dispatcher = Dispatcher(store, adapters=adapters)
         self._workers = TaskOwner("delivery")
         self._active: dict[str, asyncio.Task[None]] = {}
         self._room_wakes: dict[str, asyncio.Event] = {}
@@ -156,7 +159,11 @@ class DeliveryService:
     async def run(self) -> None:
         """Lease and drain rooms until ``stop``."""
         ttl = timedelta(seconds=self._settings.lease_ttl_s)
+        next_repair = 0.0
         while not self._stopping:
+            if self._clock.monotonic() >= next_repair:
+                next_repair = self._clock.monotonic() + self._settings.repair_interval_s
+                await self._repair()
             self._wake.clear()
             free = self._settings.max_rooms - len(self._active)
             if free > 0:
@@ -174,6 +181,14 @@ class DeliveryService:
                         task.add_done_callback(self._forget(room.key))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_s)
+
+    async def _repair(self) -> None:
+        """Re-queue events whose outbox entries a crash lost (any replica's)."""
+        cutoff = self._clock.now() - timedelta(seconds=self._settings.repair_age_s)
+        try:
+            await self._store.repair_outbox(received_before=cutoff, limit=1000)
+        except StoreError:
+            log.warning("outbox_repair_failed")
 
     def _forget(self, key: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
@@ -302,13 +317,19 @@ class DeliveryService:
     async def _batchable_run(
         self, room: RoomRef, entries: list[OutboxEntry]
     ) -> list[tuple[OutboxEntry, TimelineEvent, Mirror]]:
-        """The leading due entries that are plain new messages (no reply, thread or relation)."""
+        """The leading due entries that are plain new messages (no reply, thread, relation
+        or attachment)."""
         run: list[tuple[OutboxEntry, TimelineEvent, Mirror]] = []
         for entry in entries[: self._settings.max_batch]:
             if not self._due(entry):
                 break
             event = await self._event(entry.event_id)
-            if event is None or event.kind not in _BATCHABLE or event.relations:
+            if (
+                event is None
+                or event.kind not in _BATCHABLE
+                or event.relations
+                or event.body.attachments  # files are carried by the dispatcher, one by one
+            ):
                 if event is not None:
                     self._hints[event.id] = event  # not batched: keep it for the next step
                 break
