@@ -26,7 +26,12 @@ from adapters.teams.connector import ConnectorRetryableError
 from adapters.teams.ids import TeamsActivityID, TeamsConversationID
 from adapters.teams.pacing import Pacer, PacingSettings, Sleep, backoff_delay
 from adapters.teams.records import AmbiguousSendRecorder
-from bridge.errors import BridgeError, PermanentDeliveryError, RetryableDeliveryError
+from bridge.errors import (
+    BridgeError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+    StoreError,
+)
 from bridge.metrics import BridgeMetrics
 
 log = structlog.get_logger(__name__)
@@ -147,9 +152,13 @@ class PacedCalls:
                 await self.acquire(address)
             slot_held = False
             attempts += 1
+            if create_keys is not None:
+                await self._mark_in_flight(create_keys, address)
             try:
                 result = await request()
             except ConnectorRetryableError as exc:
+                if create_keys is not None and not exc.ambiguous:
+                    await self._not_sent(create_keys)
                 if exc.status == 429:
                     pause = self._rate_limited(address, exc)
                     if pause > settings.max_retry_after_s or attempts >= settings.max_attempts:
@@ -174,7 +183,7 @@ class PacedCalls:
                     raise RetryableDeliveryError(str(exc), retry_after=backoff) from exc
                 await self._sleep(backoff)
                 continue
-            if create_keys is not None and ambiguous > prior_ambiguous:
+            if create_keys is not None:
                 await self._record_delivered(create_keys, result)
             return result
 
@@ -187,6 +196,22 @@ class PacedCalls:
             "teams_rate_limited", conversation=address.conversation_key, retry_after_s=pause
         )
         return pause
+
+    async def _mark_in_flight(self, keys: Sequence[str], address: Address) -> None:
+        """Note a create before making it: if the process dies before the answer, the next
+        one knows this create may have been delivered (and flags a resend as ambiguous)."""
+        try:
+            for key in keys:
+                await self._ambiguous.record_in_flight(key, address.conversation_id)
+        except StoreError as exc:
+            raise RetryableDeliveryError(f"cannot record the create: {exc}") from exc
+
+    async def _not_sent(self, keys: Sequence[str]) -> None:
+        try:
+            for key in keys:
+                await self._ambiguous.record_not_sent(key)
+        except StoreError as exc:
+            log.error("teams_ambiguous_record_failed", error=str(exc))  # noqa: TRY400
 
     async def _record_ambiguous(self, keys: Sequence[str], address: Address, reason: str) -> None:
         self._metrics.ambiguous_creates.labels(reason=reason).inc(len(keys))

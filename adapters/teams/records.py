@@ -39,6 +39,8 @@ class AmbiguousSend:
     reasons: tuple[str, ...]
     activity_id: TeamsActivityID | None = None
     """The activity a later attempt produced, if one succeeded."""
+    in_flight: bool = False
+    """A create was started and its outcome never recorded (the process died meanwhile)."""
 
 
 class AmbiguousSendRecorder(Protocol):
@@ -52,7 +54,15 @@ class AmbiguousSendRecorder(Protocol):
         """Record one more create of unknown outcome; return how many the key has now."""
 
     async def record_delivered(self, idempotency_key: str, activity_id: TeamsActivityID) -> None:
-        """A create for the key succeeded after an ambiguous one (so there may be two copies)."""
+        """A create for the key succeeded (after an ambiguous one there may be two copies)."""
+
+    async def record_in_flight(
+        self, idempotency_key: str, conversation_id: TeamsConversationID
+    ) -> None:
+        """A create for the key is about to be made; cleared by ``record_delivered``."""
+
+    async def record_not_sent(self, idempotency_key: str) -> None:
+        """The create was refused for sure (nothing was posted): no longer in flight."""
 
 
 class StateAmbiguousSends:
@@ -78,15 +88,36 @@ class StateAmbiguousSends:
             "first_at": now,
         }
         document["attempts"] = int(document.get("attempts", 0)) + 1
+        document["in_flight"] = False
         document["reasons"] = [*document.get("reasons", []), reason][-10:]
         document["last_at"] = now
         await self._state.put(AMBIGUOUS_NAMESPACE, idempotency_key, document)
         return int(document["attempts"])
 
+    async def record_in_flight(
+        self, idempotency_key: str, conversation_id: TeamsConversationID
+    ) -> None:
+        document = await self._state.get(AMBIGUOUS_NAMESPACE, idempotency_key) or {
+            "conversation_id": conversation_id,
+            "attempts": 0,
+            "reasons": [],
+            "activity_id": None,
+            "first_at": self._clock.now(),
+        }
+        document["in_flight"] = True
+        await self._state.put(AMBIGUOUS_NAMESPACE, idempotency_key, document)
+
+    async def record_not_sent(self, idempotency_key: str) -> None:
+        document = await self._state.get(AMBIGUOUS_NAMESPACE, idempotency_key)
+        if document is not None and document.get("in_flight"):
+            document["in_flight"] = False
+            await self._state.put(AMBIGUOUS_NAMESPACE, idempotency_key, document)
+
     async def record_delivered(self, idempotency_key: str, activity_id: TeamsActivityID) -> None:
         document = await self._state.get(AMBIGUOUS_NAMESPACE, idempotency_key)
         if document is None:
             return
+        document["in_flight"] = False
         document["activity_id"] = activity_id
         document["delivered_at"] = self._clock.now()
         await self._state.put(AMBIGUOUS_NAMESPACE, idempotency_key, document)
@@ -100,6 +131,7 @@ def _ambiguous_from(key: str, document: Mapping[str, Any]) -> AmbiguousSend:
         attempts=int(document.get("attempts", 0)),
         reasons=tuple(str(r) for r in document.get("reasons", [])),
         activity_id=TeamsActivityID(activity_id) if isinstance(activity_id, str) else None,
+        in_flight=bool(document.get("in_flight", False)),
     )
 
 
