@@ -73,6 +73,9 @@ class DeliverySettings:
     repair_interval_s: float = 30.0
     repair_age_s: float = 10.0
     """Only events older than this are repaired: younger ones may still be mid-append."""
+    max_hold_s: float = 10.0
+    """A busy room is given back (and leased again) after this long, so that more busy
+    rooms than ``max_rooms`` all get turns instead of some starving."""
     linger_s: float = 2.0
     """An idle worker keeps its room this long, so the next message skips the lease round trip."""
     max_batch: int = 20
@@ -215,9 +218,12 @@ class DeliveryService:
         self._room_wakes[room.key] = wake
         lost = asyncio.Event()
         renewer = self._workers.start(self._keep_lease(room, lost), name=f"lease:{room.key}")
+        held_until = self._clock.monotonic() + self._settings.max_hold_s
         with structlog.contextvars.bound_contextvars(target=room.key):
             try:
                 while not self._stopping and not lost.is_set():
+                    if self._clock.monotonic() > held_until:
+                        break  # give the slot back: other rooms may be waiting for a worker
                     wake.clear()
                     entries = await self._store.pending_entries(room, limit=self._settings.batch)
                     if entries:
