@@ -222,13 +222,13 @@ class DeliveryService:
         with structlog.contextvars.bound_contextvars(target=room.key):
             try:
                 while not self._stopping and not lost.is_set():
-                    if self._clock.monotonic() > held_until:
-                        break  # give the slot back: other rooms may be waiting for a worker
                     wake.clear()
                     entries = await self._store.pending_entries(room, limit=self._settings.batch)
                     if entries:
                         if not await self._deliver_in_order(room, entries, lost):
                             break
+                        if self._clock.monotonic() >= held_until:
+                            break  # give the slot back: other rooms may be waiting for one
                         continue
                     try:
                         await asyncio.wait_for(wake.wait(), self._settings.linger_s)

@@ -20,7 +20,9 @@ from bridge.model import (
     RelationKind,
     RemoteMessageID,
     RemoteRef,
+    RemoteRoomID,
     RoomLink,
+    RoomRef,
     Sender,
 )
 from bridge.ports import OutboundMessage
@@ -193,3 +195,56 @@ def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     assert backoff_delay(3, None, settings, jitter=0.0) == 4
     assert backoff_delay(20, None, settings, jitter=1.0) == 60
     assert backoff_delay(0, 12.5, settings, jitter=0.5) == 12.5
+
+
+async def test_more_busy_rooms_than_workers_all_get_turns() -> None:
+    clock = FakeClock()
+    store = MemoryTimelineStore(clock=clock)
+    rooms = [
+        RoomRef(platform=Platform.MATRIX, room_id=RemoteRoomID(f"!r{n}:example.org"))
+        for n in range(3)
+    ]
+    teams_rooms = [
+        RoomRef(platform=Platform.TEAMS, room_id=RemoteRoomID(f"19:t{n}@thread.v2"))
+        for n in range(3)
+    ]
+    for matrix_room, teams_room in zip(rooms, teams_rooms, strict=True):
+        await store.save_link(
+            RoomLink(matrix_room=matrix_room, teams_room=teams_room, created_at=clock.now())
+        )
+    teams = FlakyTeams(Platform.TEAMS)
+    metrics, ids = BridgeMetrics(), UlidFactory()
+    intake = Intake(store=store, clock=clock, ids=ids, metrics=metrics, adapters=[teams])
+    service = DeliveryService(
+        store=store,
+        clock=clock,
+        adapters={Platform.TEAMS: teams},
+        metrics=metrics,
+        owner="one-slot",
+        settings=DeliverySettings(poll_interval_s=0.01, max_rooms=1, max_hold_s=0.0),
+    )
+    for n in range(4):
+        for room in rooms:
+            await intake.accept(
+                [
+                    InboundEvent(
+                        kind=Kind.MESSAGE,
+                        origin=RemoteRef(room=room, message_id=RemoteMessageID(f"$m{n}")),
+                        sender=ALICE,
+                        occurred_at=clock.now(),
+                        body=Body(text=f"{room.room_id} {n}"),
+                    )
+                ]
+            )
+    runner = asyncio.get_running_loop().create_task(service.run())
+    try:
+
+        async def everything() -> bool:
+            return len(teams.sent) == 12
+
+        await eventually(everything, within=5, what="all rooms served by one worker slot")
+    finally:
+        await service.stop(deadline_s=1)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert {m.target for m, _ in teams.sent} == set(teams_rooms)
