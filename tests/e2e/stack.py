@@ -1,0 +1,255 @@
+"""The whole product on loopback for one test: Synapse, MongoDB, the Teams emulator, the daemon.
+
+``open_stack`` builds, in order: the Teams emulator (in this process, its bot
+endpoint the daemon's ``/api/messages``), two Teams users and the Teams
+conversations asked for (group chats, or the General channel of a team), a
+Matrix user with one private room per conversation and the bridge's bot
+invited, the settings file linking each pair, the daemon (a child process on
+the port the homeserver's registration names); then the bot is installed in
+each Teams conversation (the daemon stores the conversation reference) and the
+bot has joined each Matrix room. Everything is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from devtools.servers import MongoServer, SynapseServer
+from devtools.teams_emulator import Conversation, EmulatorKeys, TeamsEmulator, User
+from tests.e2e.daemon import BridgeDaemon
+from tests.e2e.settings import (
+    TEAMS_APP_ID,
+    TEAMS_APP_PASSWORD,
+    TEAMS_TENANT_ID,
+    DaemonSettings,
+    LinkedPair,
+)
+from tests.integration.matrix_fixtures import MatrixAppService
+from tests.support.matrix_user import MatrixUser
+from tests.support.waiting import eventually
+
+DATABASE: Final = "incident_bridge_e2e"
+BOT_POWER_LEVEL: Final = 50
+"""Enough for the bot to publish the bridge metadata state events."""
+SETUP_WITHIN_S: Final = 30.0
+SETTLE_WITHIN_S: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pair:
+    """A linked room pair: the Matrix room and the emulator's conversation."""
+
+    matrix_room: str
+    teams: Conversation
+
+    @property
+    def teams_id(self) -> str:
+        return self.teams.conversation_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StackServers:
+    """The long-lived servers a stack runs against, and where it keeps its files."""
+
+    mongo: MongoServer
+    synapse: SynapseServer
+    appservice: MatrixAppService
+    keys: EmulatorKeys
+    workdir: Path
+
+
+class Stack:
+    """A running bridge with its linked rooms; see the module documentation."""
+
+    def __init__(
+        self,
+        *,
+        servers: StackServers,
+        session: aiohttp.ClientSession,
+        emulator: TeamsEmulator,
+        daemon: BridgeDaemon,
+        matrix: MatrixUser,
+        matrix_token: str,
+        teams_users: tuple[User, User],
+        pairs: tuple[Pair, ...],
+        mongo: AsyncMongoClient[dict[str, Any]],
+    ) -> None:
+        self.servers = servers
+        self.session = session
+        self.emulator = emulator
+        self.daemon = daemon
+        self.matrix = matrix
+        self.matrix_token = matrix_token
+        self.teams_users = teams_users
+        self.pairs = pairs
+        self._mongo = mongo
+
+    @property
+    def bot_mxid(self) -> str:
+        return str(self.servers.appservice.registration.namespace.bot)
+
+    def ghost_of(self, user: User) -> str:
+        """The Matrix ghost of a Teams user (keyed on the AAD object id)."""
+        namespace = self.servers.appservice.registration.namespace
+        return str(namespace.ghost_for(user.aad_object_id))
+
+    def is_bridge_user(self, mxid: str) -> bool:
+        namespace = self.servers.appservice.registration.namespace
+        return namespace.is_own(mxid)
+
+    @property
+    def database(self) -> AsyncDatabase[dict[str, Any]]:
+        return self._mongo[DATABASE]
+
+    async def timeline(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+        return [doc async for doc in self.database["timeline"].find(query)]
+
+    async def outbox_count(self, state: str) -> int:
+        """Outbox entries in ``state`` (``pending``, ``done`` or ``failed``)."""
+        return int(await self.database["outbox"].count_documents({"state": state}))
+
+    async def settled(self, *, within: float = SETTLE_WITHIN_S) -> None:
+        """Wait until nothing is left to deliver (after what was sent has been stored) and
+        every delivery worker has let go of its room."""
+
+        async def drained() -> bool:
+            self.daemon.ensure_alive()
+            leases = await self.database["outbox_leases"].count_documents({})
+            return leases == 0 and await self.outbox_count("pending") == 0
+
+        await eventually(drained, within=within, interval=0.1, what="the outbox to drain")
+
+    async def restart(self) -> None:
+        await self.daemon.restart(self.session)
+
+    async def kill_and_restart(self) -> None:
+        await self.daemon.kill()
+        await self.daemon.start(self.session)
+
+
+async def _private_room(user: MatrixUser, bot: str, name: str) -> str:
+    body = await user.call(
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        json={
+            "preset": "private_chat",
+            "name": name,
+            "invite": [bot],
+            "power_level_content_override": {"users": {bot: BOT_POWER_LEVEL}},
+        },
+    )
+    return str(body["room_id"])
+
+
+async def _register(
+    session: aiohttp.ClientSession, synapse: SynapseServer
+) -> tuple[MatrixUser, str]:
+    localpart = f"mara{secrets.token_hex(4)}"
+    user_id, token = await asyncio.to_thread(synapse.register_user, localpart, "pw-e2e")
+    await _set_display_name(session, synapse, user_id, token, "Mara Matrix")
+    return MatrixUser(session, synapse.base_url, user_id, token), token
+
+
+async def _set_display_name(
+    session: aiohttp.ClientSession, synapse: SynapseServer, user_id: str, token: str, name: str
+) -> None:
+    url = f"{synapse.base_url}/_matrix/client/v3/profile/{user_id}/displayname"
+    async with session.put(
+        url, json={"displayname": name}, headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        assert response.status == 200, await response.text()
+
+
+@asynccontextmanager
+async def open_stack(
+    servers: StackServers, *, chats: int = 1, channels: int = 0
+) -> AsyncIterator[Stack]:
+    """A running stack with ``chats`` group-chat pairs, then ``channels`` channel pairs."""
+    port = servers.appservice.port
+    async with (
+        aiohttp.ClientSession() as session,
+        TeamsEmulator(
+            TEAMS_APP_ID,
+            TEAMS_APP_PASSWORD,
+            TEAMS_TENANT_ID,
+            keys=servers.keys,
+            bot_endpoint=f"http://127.0.0.1:{port}/api/messages",
+        ) as emulator,
+    ):
+        avery = emulator.add_user("Avery Teams")
+        blake = emulator.add_user("Blake Teams")
+        conversations: list[Conversation] = [
+            emulator.add_chat([avery, blake], topic=f"incident chat {n}") for n in range(chats)
+        ]
+        conversations += [
+            emulator.add_channel(f"Operations {n}", members=[avery, blake]) for n in range(channels)
+        ]
+        matrix, matrix_token = await _register(session, servers.synapse)
+        bot = str(servers.appservice.registration.namespace.bot)
+        pairs = tuple(
+            [
+                Pair(
+                    matrix_room=await _private_room(matrix, bot, f"linked room {n}"),
+                    teams=conversation,
+                )
+                for n, conversation in enumerate(conversations)
+            ]
+        )
+        config = DaemonSettings(
+            mongo_uri=servers.mongo.uri,
+            database=DATABASE,
+            port=port,
+            synapse_url=servers.synapse.base_url,
+            server_name=servers.synapse.server_name,
+            registration=servers.appservice.registration,
+            emulator_base=emulator.base_url,
+            emulator_service_url=emulator.service_url,
+            openid_metadata_url=emulator.openid_metadata_url,
+            links=[
+                LinkedPair(matrix_room=p.matrix_room, teams_conversation=p.teams_id) for p in pairs
+            ],
+        ).write(servers.workdir / "bridge.yaml")
+        daemon = BridgeDaemon(config=config, port=port, log_path=servers.workdir / "bridge.log")
+        mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers.mongo.uri, tz_aware=True)
+        try:
+            await daemon.start(session)
+            stack = Stack(
+                servers=servers,
+                session=session,
+                emulator=emulator,
+                daemon=daemon,
+                matrix=matrix,
+                matrix_token=matrix_token,
+                teams_users=(avery, blake),
+                pairs=pairs,
+                mongo=mongo,
+            )
+            for pair in pairs:
+                installed, added = await emulator.install_bot(pair.teams)
+                assert installed.ok, (installed.status, installed.error)
+                assert added.ok, (added.status, added.error)
+                await _bot_joined(matrix, pair.matrix_room, bot)
+            yield stack
+        finally:
+            try:
+                await daemon.close()
+            finally:
+                await mongo.close()
+
+
+async def _bot_joined(user: MatrixUser, room_id: str, bot: str) -> None:
+    async def joined() -> bool:
+        state = await user.member_state(room_id, bot)
+        return state is not None and state.get("membership") == "join"
+
+    await eventually(joined, within=SETUP_WITHIN_S, interval=0.1, what=f"the bot in {room_id}")
