@@ -44,7 +44,9 @@ from bridge.logs import configure_logging
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
     AppendResult,
-    OutboxEntryID,
+    EventID,
+    Mirror,
+    MirrorStatus,
     Platform,
     RemoteRoomID,
     RoomLink,
@@ -167,7 +169,7 @@ class RunningBridge:
 
 
 class SettleCount:
-    """Counts outbox entries settled as sent; ``reached`` is set at ``expected``."""
+    """Counts mirrors recorded as sent; ``reached`` is set at ``expected``."""
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
@@ -186,18 +188,18 @@ class SettleCount:
 class _CountingMongoStore(MongoTimelineStore):
     settled: SettleCount | None = None
 
-    async def complete_entry(self, entry_id: OutboxEntryID) -> None:
-        await super().complete_entry(entry_id)
-        if self.settled is not None:
+    async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
+        await super().set_mirror(event_id, mirror)
+        if self.settled is not None and mirror.status is MirrorStatus.SENT:
             self.settled.add()
 
 
 class _CountingMemoryStore(MemoryTimelineStore):
     settled: SettleCount | None = None
 
-    async def complete_entry(self, entry_id: OutboxEntryID) -> None:
-        await super().complete_entry(entry_id)
-        if self.settled is not None:
+    async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
+        await super().set_mirror(event_id, mirror)
+        if self.settled is not None and mirror.status is MirrorStatus.SENT:
             self.settled.add()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,7 +39,7 @@ from bridge.links import CONFIGURATION, LinkService
 from bridge.metrics import BridgeMetrics
 from bridge.model import AppendResult, Platform, RemoteRoomID, RoomLink, RoomRef
 from bridge.ports import ChatAdapter, Clock
-from bridge.relay.delivery import DeliveryService
+from bridge.relay.delivery import DeliveryService, DeliverySettings
 from bridge.relay.intake import Intake
 from bridge.runtime import AdapterContext, CliCommand
 from bridge.tasks import TaskOwner
@@ -135,7 +134,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             clock=clock,
             adapters={a.platform: a for a in bridge.adapters},
             metrics=metrics,
-            owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+            owner=settings.delivery.instance_id or f"{socket.gethostname()}-{os.getpid()}",
+            settings=DeliverySettings(max_rooms=settings.delivery.max_rooms),
             ids=bridge.ids,
         )
         gaps = GapRecorder(store=store, state=bridge.state, clock=clock, ids=bridge.ids)
@@ -207,7 +207,6 @@ async def open_store(settings: Settings, clock: Clock, stack: AsyncExitStack) ->
         settings.mongo.database,
         clock=clock,
         write_concern=WriteConcern(w=settings.mongo.write_concern, j=True),
-        outbox_retention=timedelta(days=settings.mongo.outbox_retention_days),
     )
     await wait_for_mongo(store, clock, settings.mongo.startup_timeout_s)
     await store.ensure_indexes()

@@ -22,7 +22,6 @@ RemoteMessageID = NewType("RemoteMessageID", str)
 """A message on one platform: a Matrix event id or a Teams activity id."""
 RemoteUserID = NewType("RemoteUserID", str)
 """A user on one platform: an MXID or a Teams AAD object id."""
-OutboxEntryID = NewType("OutboxEntryID", str)
 
 
 class Platform(StrEnum):
@@ -145,6 +144,13 @@ class Mirror:
     attempts: int = 0
     error: str | None = None
     updated_at: datetime | None = None
+    not_before: datetime | None = None
+    """While retrying: no attempt before this time."""
+
+    @property
+    def settled(self) -> bool:
+        """Sent or given up: never queued again."""
+        return self.status in (MirrorStatus.SENT, MirrorStatus.FAILED)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,15 +201,18 @@ class TimelineEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxEntry:
-    """A pending delivery of one timeline event to one target room."""
+    """A queued delivery: a stored event and the target room it is still owed to."""
 
-    id: OutboxEntryID
-    event_id: EventID
+    event: TimelineEvent
     target: RoomRef
-    created_at: datetime
-    attempts: int = 0
-    not_before: datetime | None = None
-    last_error: str | None = None
+
+    @property
+    def mirror(self) -> Mirror:
+        return self.event.mirror_in(self.target) or Mirror(room=self.target)
+
+    @property
+    def not_before(self) -> datetime | None:
+        return self.mirror.not_before
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

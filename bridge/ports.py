@@ -22,7 +22,6 @@ from bridge.model import (
     Kind,
     Mirror,
     OutboxEntry,
-    OutboxEntryID,
     Page,
     Platform,
     RemoteMessageID,
@@ -204,11 +203,17 @@ class TimelineStore(Protocol):
         """Create the collections' indexes; idempotent."""
 
     async def append(self, event: TimelineEvent, targets: Sequence[RoomRef]) -> AppendResult:
-        """Store an event and one outbox entry per target, durably.
+        """``append_many`` for one event."""
 
-        An event whose origin (platform, room, message id, kind, variant) is
-        already stored is not stored again: the stored one is returned with
-        ``duplicate=True``, and its outbox entries are made sure of.
+    async def append_many(
+        self, batch: Sequence[tuple[TimelineEvent, Sequence[RoomRef]]]
+    ) -> list[AppendResult]:
+        """Store events, each with a pending mirror per target (its queue), durably.
+
+        One write for the whole batch where the database allows. An event whose origin
+        (platform, room, message id, kind, variant) is already stored is not stored
+        again: the stored one is returned with ``duplicate=True`` and nothing is queued
+        again. Results are in the order of ``batch``.
         """
 
     async def get(self, event_id: EventID) -> TimelineEvent | None: ...
@@ -231,39 +236,34 @@ class TimelineStore(Protocol):
         """Events of one incident or one room in order, paged by an opaque cursor."""
 
     async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
-        """Record the delivery state of an event in one target room."""
+        """Record the delivery state of an event in one target room, in one write.
+
+        A sent or failed mirror takes the room off the event's queue; a pending or
+        retrying one (with ``not_before``) keeps it there."""
 
     async def set_incident(self, event_id: EventID, incident_id: IncidentID) -> None: ...
 
-    # -- the outbox -----------------------------------------------------------
-    async def lease_rooms(
-        self, owner: str, *, now: datetime, ttl: timedelta, limit: int
-    ) -> list[RoomRef]:
-        """Lease target rooms with due outbox work to ``owner`` (renewing its own)."""
+    # -- the outbox: the queued (unsettled) mirrors -----------------------------
+    async def pending(self, room: RoomRef, *, limit: int) -> list[OutboxEntry]:
+        """A room's queued events, oldest event first."""
 
-    async def repair_outbox(self, *, received_before: datetime, limit: int) -> int:
-        """Re-create missing outbox entries of events whose mirrors are still unsettled.
+    async def rooms_with_work(self, *, limit: int) -> list[RoomRef]:
+        """Target rooms with queued events (any replica's), due or not."""
 
-        ``append`` writes the event and its entries separately; a crash between the
-        two leaves an event nobody will deliver (Teams never redelivers). Returns how
-        many events were looked at.
-        """
+    async def lease_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
+        """Lease ``room``'s queue to ``owner`` (renewing its own lease); False when another
+        owner holds it, or it was released until a later time."""
 
-    async def renew_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
-        """Extend ``owner``'s lease on ``room``; False if it no longer holds it."""
+    async def renew_rooms(
+        self, rooms: Sequence[RoomRef], owner: str, *, now: datetime, ttl: timedelta
+    ) -> set[str]:
+        """Extend ``owner``'s live leases on ``rooms``; the keys of those it still holds."""
 
-    async def release_room(self, room: RoomRef, owner: str) -> None: ...
-
-    async def pending_entries(self, room: RoomRef, *, limit: int) -> list[OutboxEntry]:
-        """A room's undelivered entries, oldest event first."""
-
-    async def complete_entry(self, entry_id: OutboxEntryID) -> None: ...
-
-    async def retry_entry(
-        self, entry_id: OutboxEntryID, *, not_before: datetime, error: str
-    ) -> None: ...
-
-    async def fail_entry(self, entry_id: OutboxEntryID, *, error: str) -> None: ...
+    async def release_room(
+        self, room: RoomRef, owner: str, *, until: datetime | None = None
+    ) -> None:
+        """Give the room back; with ``until``, nobody may lease it before then (its head
+        waits for a retry)."""
 
     # -- room links -----------------------------------------------------------
     async def save_link(self, link: RoomLink) -> None: ...

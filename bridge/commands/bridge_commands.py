@@ -28,6 +28,8 @@ from bridge.ports import Clock, StateStore, TimelineStore
 CODES: Final = "pairing_codes"
 USED: Final = "pairing_codes_used"
 _ALPHABET: Final = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+_STATUS_COUNT: Final = 1000
+"""Queued messages counted by ``!bridge status`` (more shows as "1000+")."""
 
 
 def _describe(room: RoomRef) -> str:
@@ -79,8 +81,9 @@ class BridgeCommands:
         lines = []
         for link in request.links:
             other = link.other(request.room)
-            pending = len(await self._store.pending_entries(other, limit=1000))
-            lines.append(f"Linked to {_describe(other)}; {pending} message(s) waiting to be sent.")
+            pending = len(await self._store.pending(other, limit=_STATUS_COUNT))
+            waiting = f"{pending}+" if pending >= _STATUS_COUNT else str(pending)
+            lines.append(f"Linked to {_describe(other)}; {waiting} message(s) waiting to be sent.")
         return "\n".join(lines)
 
     async def link(self, request: CommandRequest) -> str:

@@ -27,7 +27,6 @@ class MongoSettings(Section):
     server_selection_timeout_s: Annotated[float, Field(gt=0, le=120)] = 3.0
     startup_timeout_s: Annotated[float, Field(ge=0, le=600)] = 30.0
     """How long start-up keeps trying to reach MongoDB before exiting with code 69."""
-    outbox_retention_days: Annotated[int, Field(ge=1, le=365)] = 7
 
 
 class LoggingSettings(Section):
@@ -62,6 +61,16 @@ class CommandSettings(Section):
     """How long a ``!bridge link`` code stays valid."""
 
 
+class DeliveryOptions(Section):
+    instance_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    """Names this process on its outbox leases. Default: host name and process id. Give
+    each replica its own stable id (the pod name) and a restarted replica takes its rooms
+    back at once, instead of after the leases expire; two live processes must never
+    share one."""
+    max_rooms: Annotated[int, Field(ge=1, le=10000)] = 512
+    """Target rooms delivered to at once by this process."""
+
+
 class LinkSettings(Section):
     """A room pair linked by configuration."""
 
@@ -82,3 +91,4 @@ class Settings(Section):
     teams: TeamsSettings = TeamsSettings()
     links: tuple[LinkSettings, ...] = ()
     commands: CommandSettings = CommandSettings()
+    delivery: DeliveryOptions = DeliveryOptions()

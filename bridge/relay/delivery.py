@@ -1,12 +1,15 @@
 """Delivery: per-room ordered workers that drain the outbox into the other platform.
 
-One loop leases target rooms with due work (leases live in MongoDB, so each
+The outbox is the queued mirrors of stored events (see ``TimelineStore``). One
+loop leases target rooms with queued events (leases live in MongoDB, so each
 room is drained by one process at a time and a dead process's rooms are taken
-over when its leases expire). Each leased room gets one worker that sends its
-pending entries in event order; an entry that fails with a retryable error is
-rescheduled with capped, jittered exponential backoff (or the platform's
-Retry-After) and the room waits for it, so order is never broken. A permanent
-failure is recorded on the mirror and the room moves on.
+over when its leases expire): rooms this process just stored events for at
+once, the others (work of other replicas, or left by a dead process) by polling.
+Each leased room gets one worker that sends its queue in event order; an event
+that fails with a retryable error is rescheduled with capped, jittered
+exponential backoff (or the platform's Retry-After) and the room waits for it,
+so order is never broken. A permanent failure is recorded on the mirror and the
+room moves on.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ import asyncio
 import contextlib
 import hashlib
 import random
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
 import structlog
@@ -28,7 +30,6 @@ from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
     AppendResult,
-    EventID,
     Kind,
     Mirror,
     MirrorStatus,
@@ -52,8 +53,6 @@ from bridge.tasks import TaskOwner
 log = structlog.get_logger(__name__)
 
 
-HINTS: Final = 4096
-"""Freshly stored events kept in memory for their delivery (spares a read each)."""
 _BATCHABLE: Final = frozenset({Kind.MESSAGE, Kind.NOTICE, Kind.GAP})
 
 _WHAT: Final = {
@@ -67,12 +66,11 @@ _WHAT: Final = {
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeliverySettings:
     lease_ttl_s: float = 30.0
-    poll_interval_s: float = 0.5
-    max_rooms: int = 64
+    poll_interval_s: float = 1.0
+    """How often the database is asked for rooms with work this process did not store."""
+    max_rooms: int = 512
+    """Rooms worked at once; each costs a task and a share of one lease renewal."""
     batch: int = 50
-    repair_interval_s: float = 30.0
-    repair_age_s: float = 10.0
-    """Only events older than this are repaired: younger ones may still be mid-append."""
     max_hold_s: float = 10.0
     """A busy room is given back (and leased again) after this long, so that more busy
     rooms than ``max_rooms`` all get turns instead of some starving."""
@@ -114,7 +112,8 @@ class DeliveryService:
         jitter: Callable[[], float] = random.random,
         ids: UlidFactory | None = None,
     ) -> None:
-        """``ids`` mints the notices posted after a permanent failure (none without it)."""
+        """``owner`` names this process on its leases; ``ids`` mints the notices posted
+        after a permanent failure (none without it)."""
         self._store = store
         self._clock = clock
         self._adapters = adapters
@@ -126,34 +125,39 @@ class DeliveryService:
         self._dispatcher = Dispatcher(store, adapters=adapters)
         self._workers = TaskOwner("delivery")
         self._active: dict[str, asyncio.Task[None]] = {}
-        self._room_wakes: dict[str, asyncio.Event] = {}
-        self._hints: OrderedDict[EventID, TimelineEvent] = OrderedDict()
+        self._rooms: dict[str, _Room] = {}
+        self._hot: dict[str, RoomRef] = {}
+        """Rooms with fresh work and no worker here: leased without asking the database."""
+        self._blocked: dict[str, float] = {}
+        """Room key -> monotonic time before which its head is not due (a retry waits)."""
+        self._elsewhere: dict[str, float] = {}
+        """Room key -> monotonic time until which polling leaves it to the replica holding it."""
         self._wake = asyncio.Event()
+        self._poll_now = False
+        self._starved = False
         self._stopping = False
 
     def notify(self) -> None:
-        """New work may be due somewhere: every worker and the lease loop look now."""
-        for wake in self._room_wakes.values():
-            wake.set()
+        """New work may be due anywhere: every worker looks now, and the database is asked."""
+        for room in self._rooms.values():
+            room.wake.set()
+        self._poll_now = True
         self._wake.set()
 
     def offer(self, results: Sequence[AppendResult]) -> None:
-        """Freshly stored events: wake their rooms' workers and spare them a read."""
+        """Freshly stored events: wake their rooms' workers, or lease their rooms now."""
         for result in results:
-            if result.duplicate or not result.event.mirrors:
+            if result.duplicate:
                 continue
-            self._hints[result.event.id] = result.event
-            while len(self._hints) > HINTS:
-                self._hints.popitem(last=False)
             for mirror in result.event.mirrors:
-                wake = self._room_wakes.get(mirror.room.key)
-                if wake is not None:
-                    wake.set()
-        self._wake.set()
-
-    async def _event(self, event_id: EventID) -> TimelineEvent | None:
-        hinted = self._hints.pop(event_id, None)
-        return hinted if hinted is not None else await self._store.get(event_id)
+                if mirror.settled:
+                    continue
+                worked = self._rooms.get(mirror.room.key)
+                if worked is not None:
+                    worked.wake.set()
+                else:
+                    self._hot[mirror.room.key] = mirror.room
+                    self._wake.set()
 
     @property
     def active_rooms(self) -> int:
@@ -161,50 +165,106 @@ class DeliveryService:
 
     async def run(self) -> None:
         """Lease and drain rooms until ``stop``."""
-        ttl = timedelta(seconds=self._settings.lease_ttl_s)
-        next_repair = 0.0
-        while not self._stopping:
-            if self._clock.monotonic() >= next_repair:
-                next_repair = self._clock.monotonic() + self._settings.repair_interval_s
-                await self._repair()
-            self._wake.clear()
-            free = self._settings.max_rooms - len(self._active)
-            if free > 0:
-                try:
-                    rooms = await self._store.lease_rooms(
-                        self._owner, now=self._clock.now(), ttl=ttl, limit=free
-                    )
-                except StoreError:
-                    log.warning("outbox_lease_failed")
-                    rooms = []
-                for room in rooms:
-                    if room.key not in self._active and not self._stopping:
-                        task = self._workers.start(self._drain(room), name=room.key)
-                        self._active[room.key] = task
-                        task.add_done_callback(self._forget(room.key))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval_s)
-
-    async def _repair(self) -> None:
-        """Re-queue events whose outbox entries a crash lost (any replica's)."""
-        cutoff = self._clock.now() - timedelta(seconds=self._settings.repair_age_s)
+        renewer = self._workers.start(self._keep_leases(), name="delivery-leases")
+        loop = asyncio.get_running_loop()  # polling is paced in real time
+        next_poll = 0.0
         try:
-            await self._store.repair_outbox(received_before=cutoff, limit=1000)
+            while not self._stopping:
+                self._wake.clear()
+                await self._lease(dict(self._hot), polled=False)
+                if self._poll_now or loop.time() >= next_poll:
+                    self._poll_now = False
+                    next_poll = loop.time() + self._settings.poll_interval_s
+                    polled = await self._rooms_with_work()
+                    await self._lease({r.key: r for r in polled}, polled=True)
+                timeout = max(0.0, next_poll - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            renewer.cancel()
+
+    async def _rooms_with_work(self) -> list[RoomRef]:
+        try:
+            return await self._store.rooms_with_work(limit=10 * self._settings.max_rooms)
         except StoreError:
-            log.warning("outbox_repair_failed")
+            log.warning("outbox_poll_failed")
+            return []
+
+    async def _lease(self, candidates: Mapping[str, RoomRef], *, polled: bool) -> None:
+        """Start a worker for each candidate room that is due, free and leasable.
+
+        ``polled``: found in the database rather than stored here; such a room that
+        another replica holds is not asked for again until a third of a lease later."""
+        ttl = timedelta(seconds=self._settings.lease_ttl_s)
+        for key, room in candidates.items():
+            if self._stopping:
+                return
+            worked = self._rooms.get(key)
+            if worked is not None:
+                worked.wake.set()  # work another replica stored for a room worked here
+                self._hot.pop(key, None)
+                continue
+            if key in self._active or len(self._active) >= self._settings.max_rooms:
+                self._starved = True  # a worker is finishing, or no slot: tried again
+                continue
+            self._hot.pop(key, None)
+            now = self._clock.monotonic()
+            if self._blocked.get(key, 0.0) > now or (
+                polled and self._elsewhere.get(key, 0.0) > now
+            ):
+                continue
+            try:
+                leased = await self._store.lease_room(
+                    room, self._owner, now=self._clock.now(), ttl=ttl
+                )
+            except StoreError:
+                log.warning("outbox_lease_failed")
+                if not polled:
+                    self._hot[key] = room
+                return
+            if not leased:
+                self._elsewhere[key] = now + self._settings.lease_ttl_s / 3
+            elif key not in self._active:
+                self._elsewhere.pop(key, None)
+                self._rooms[key] = _Room(room)
+                task = self._workers.start(self._drain(self._rooms[key]), name=key)
+                self._active[key] = task
+                task.add_done_callback(self._forget(key))
 
     def _forget(self, key: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
             self._active.pop(key, None)
+            if self._starved:  # a slot is free, and some room waited for one
+                self._starved = False
+                self._poll_now = True
+                self._wake.set()
 
         return done
 
+    async def _keep_leases(self) -> None:
+        """Renew the leases of every room worked here, in one call; flag the lost ones."""
+        ttl = timedelta(seconds=self._settings.lease_ttl_s)
+        while True:
+            await asyncio.sleep(self._settings.lease_ttl_s / 3)
+            rooms = list(self._rooms.values())
+            try:
+                held = await self._store.renew_rooms(
+                    [r.room for r in rooms], self._owner, now=self._clock.now(), ttl=ttl
+                )
+            except StoreError:
+                continue  # try again; the leases outlive a few missed renewals
+            for worked in rooms:
+                if worked.room.key not in held and not worked.lost:
+                    log.warning("outbox_lease_lost", target=worked.room.key)
+                    worked.lost = True
+                    worked.wake.set()
+
     async def stop(self, *, deadline_s: float) -> None:
-        """Stop leasing; let workers finish the entry in hand within the deadline."""
+        """Stop leasing; let workers finish the event in hand within the deadline."""
         self._stopping = True
         self._wake.set()
-        for wake in self._room_wakes.values():
-            wake.set()  # lingering workers leave at once
+        for room in self._rooms.values():
+            room.wake.set()  # lingering workers leave at once
         pending = list(self._active.values())
         if pending:
             _, still = await asyncio.wait(pending, timeout=deadline_s)
@@ -212,104 +272,90 @@ class DeliveryService:
                 log.warning("delivery_drain_deadline", rooms=len(still))
         await self._workers.close()
 
-    async def _drain(self, room: RoomRef) -> None:
-        """Deliver a leased room's entries; linger a little for more, then release it."""
-        wake = asyncio.Event()
-        self._room_wakes[room.key] = wake
-        lost = asyncio.Event()
-        renewer = self._workers.start(self._keep_lease(room, lost), name=f"lease:{room.key}")
+    async def _drain(self, worked: _Room) -> None:
+        """Deliver a leased room's queue; linger a little for more, then release it.
+
+        The queue is read again only when the worker was woken (new work) or the last
+        read was full, so a busy room costs one read per batch, not per message."""
+        room = worked.room
         held_until = self._clock.monotonic() + self._settings.max_hold_s
+        blocked_until: datetime | None = None
         with structlog.contextvars.bound_contextvars(target=room.key):
             try:
-                while not self._stopping and not lost.is_set():
-                    wake.clear()
-                    entries = await self._store.pending_entries(room, limit=self._settings.batch)
-                    if entries:
-                        if not await self._deliver_in_order(room, entries, lost):
+                while not self._stopping and not worked.lost:
+                    if not worked.wake.is_set():
+                        try:
+                            await asyncio.wait_for(worked.wake.wait(), self._settings.linger_s)
+                        except TimeoutError:
                             break
-                        if self._clock.monotonic() >= held_until:
-                            break  # give the slot back: other rooms may be waiting for one
                         continue
-                    try:
-                        await asyncio.wait_for(wake.wait(), self._settings.linger_s)
-                    except TimeoutError:
-                        break
+                    worked.wake.clear()
+                    entries = await self._store.pending(room, limit=self._settings.batch)
+                    if len(entries) >= self._settings.batch:
+                        worked.wake.set()  # more behind this batch
+                    blocked_until = await self._deliver_in_order(room, entries, worked)
+                    if blocked_until is not None or self._clock.monotonic() >= held_until:
+                        break  # a retry waits, or give the slot to rooms that wait for one
             except StoreError:
                 log.warning("delivery_store_failed")
             finally:
-                self._room_wakes.pop(room.key, None)
-                renewer.cancel()
-                try:
-                    await self._store.release_room(room, self._owner)
-                except StoreError:
-                    log.warning("outbox_release_failed")  # the lease expires on its own
+                await self._leave(worked, blocked_until)
 
-    async def _keep_lease(self, room: RoomRef, lost: asyncio.Event) -> None:
-        """Renew the room's lease while its worker runs; flag it if the lease is lost."""
-        ttl = timedelta(seconds=self._settings.lease_ttl_s)
-        while True:
-            await asyncio.sleep(self._settings.lease_ttl_s / 3)
-            try:
-                held = await self._store.renew_room(
-                    room, self._owner, now=self._clock.now(), ttl=ttl
-                )
-            except StoreError:
-                continue  # try again; the lease outlives a few missed renewals
-            if not held:
-                log.warning("outbox_lease_lost")
-                lost.set()
-                return
+    async def _leave(self, worked: _Room, blocked_until: datetime | None) -> None:
+        room = worked.room
+        self._rooms.pop(room.key, None)
+        if blocked_until is not None:
+            wait = (blocked_until - self._clock.now()).total_seconds()
+            self._blocked[room.key] = self._clock.monotonic() + max(0.0, wait)
+        else:
+            self._blocked.pop(room.key, None)
+        if worked.wake.is_set() and blocked_until is None and not self._stopping:
+            self._hot[room.key] = room  # woken meanwhile: lease it again at once
+            self._wake.set()
+        try:
+            await self._store.release_room(room, self._owner, until=blocked_until)
+        except StoreError:
+            log.warning("outbox_release_failed")  # the lease expires on its own
 
     async def _deliver_in_order(
-        self, room: RoomRef, entries: list[OutboxEntry], lost: asyncio.Event
-    ) -> bool:
-        """Deliver entries in order; False when the room must wait (head not due)."""
+        self, room: RoomRef, entries: list[OutboxEntry], worked: _Room
+    ) -> datetime | None:
+        """Deliver entries in order; the time the room must wait for, when its head is not
+        due (None when every entry was settled)."""
         adapter = self._adapters.get(room.platform)
         index = 0
         while index < len(entries):
-            if self._stopping or lost.is_set():
-                return False
+            if self._stopping or worked.lost:
+                return None
             entry = entries[index]
             if not self._due(entry):
-                return False
+                return entry.not_before
             if isinstance(adapter, SupportsBatchSend):
-                batch = await self._batchable_run(room, entries[index:])
+                batch = self._batchable_run(entries[index:])
                 if len(batch) >= 2:
-                    if not await self._deliver_batch(adapter, room, batch):
-                        return False
+                    blocked = await self._deliver_batch(adapter, room, batch)
+                    if blocked is not None:
+                        return blocked
                     index += len(batch)
                     continue
-            if not await self._deliver_one(room, entry):
-                return False
+            blocked = await self._deliver_one(room, entry)
+            if blocked is not None:
+                return blocked
             index += 1
-        return True
+        return None
 
     def _due(self, entry: OutboxEntry) -> bool:
         return entry.not_before is None or entry.not_before <= self._clock.now()
 
-    async def _prepare(
-        self, room: RoomRef, entry: OutboxEntry
-    ) -> tuple[TimelineEvent, Mirror, ChatAdapter] | None:
-        """The event, its mirror and the adapter, or None when the entry is already settled."""
-        event = await self._event(entry.event_id)
-        if event is None:
-            await self._store.fail_entry(entry.id, error="event missing")
-            return None
-        mirror = event.mirror_in(room) or Mirror(room=room)
-        if mirror.status in (MirrorStatus.SENT, MirrorStatus.FAILED):
-            await self._store.complete_entry(entry.id)  # settled before a crash
+    async def _deliver_one(self, room: RoomRef, entry: OutboxEntry) -> datetime | None:
+        event, mirror = entry.event, entry.mirror
+        if mirror.settled:
+            await self._store.set_mirror(event.id, mirror)  # takes it off the queue
             return None
         adapter = self._adapters.get(room.platform)
         if adapter is None:
-            await self._settle(event, entry, mirror, error=f"no {room.platform.value} adapter")
+            await self._settle(event, mirror, error=f"no {room.platform.value} adapter")
             return None
-        return event, mirror, adapter
-
-    async def _deliver_one(self, room: RoomRef, entry: OutboxEntry) -> bool:
-        prepared = await self._prepare(room, entry)
-        if prepared is None:
-            return True
-        event, mirror, adapter = prepared
         with structlog.contextvars.bound_contextvars(event_id=event.id, kind=event.kind.value):
             outcome: RemoteMessageID | DeliveryError | None
             try:
@@ -318,70 +364,60 @@ class DeliveryService:
                 )
             except DeliveryError as exc:
                 outcome = exc
-            return await self._record(room, entry, event, mirror, outcome)
+            return await self._record(room, event, mirror, outcome)
 
-    async def _batchable_run(
-        self, room: RoomRef, entries: list[OutboxEntry]
-    ) -> list[tuple[OutboxEntry, TimelineEvent, Mirror]]:
+    def _batchable_run(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """The leading due entries that are plain new messages (no reply, thread, relation
         or attachment)."""
-        run: list[tuple[OutboxEntry, TimelineEvent, Mirror]] = []
+        run: list[OutboxEntry] = []
         for entry in entries[: self._settings.max_batch]:
-            if not self._due(entry):
-                break
-            event = await self._event(entry.event_id)
+            event = entry.event
             if (
-                event is None
+                not self._due(entry)
                 or event.kind not in _BATCHABLE
                 or event.relations
                 or event.body.attachments  # files are carried by the dispatcher, one by one
+                or entry.mirror.settled
             ):
-                if event is not None:
-                    self._hints[event.id] = event  # not batched: keep it for the next step
                 break
-            mirror = event.mirror_in(room) or Mirror(room=room)
-            if mirror.status not in (MirrorStatus.PENDING, MirrorStatus.RETRYING):
-                break
-            run.append((entry, event, mirror))
+            run.append(entry)
         return run
 
     async def _deliver_batch(
-        self,
-        adapter: SupportsBatchSend,
-        room: RoomRef,
-        batch: list[tuple[OutboxEntry, TimelineEvent, Mirror]],
-    ) -> bool:
+        self, adapter: SupportsBatchSend, room: RoomRef, batch: list[OutboxEntry]
+    ) -> datetime | None:
         """Hand several plain messages to the adapter at once (it may combine them)."""
-        messages = [OutboundMessage(event=event, target=room) for _, event, _ in batch]
-        keys = [idempotency_key(event, room) for _, event, _ in batch]
+        messages = [OutboundMessage(event=e.event, target=room) for e in batch]
+        keys = [idempotency_key(e.event, room) for e in batch]
         outcomes = await adapter.send_batch(messages, idempotency_keys=keys)
-        keep_going = True
-        for (entry, event, mirror), outcome in zip(batch, outcomes, strict=True):
+        blocked: datetime | None = None
+        for entry, outcome in zip(batch, outcomes, strict=True):
             result: RemoteMessageID | DeliveryError = (
                 outcome if isinstance(outcome, DeliveryError) else outcome.message_id
             )
-            keep_going = await self._record(room, entry, event, mirror, result) and keep_going
-        return keep_going
+            wait = await self._record(room, entry.event, entry.mirror, result)
+            blocked = blocked or wait
+        return blocked
 
     async def _record(
         self,
         room: RoomRef,
-        entry: OutboxEntry,
         event: TimelineEvent,
         mirror: Mirror,
         outcome: RemoteMessageID | DeliveryError | None,
-    ) -> bool:
-        """Settle one entry by its outcome; False when the room must wait (a retry is due)."""
+    ) -> datetime | None:
+        """Record one outcome on the mirror; the time the room must wait for a retry."""
         if isinstance(outcome, PermanentDeliveryError) or (
             isinstance(outcome, DeliveryError) and not outcome.retryable
         ):
-            await self._settle(event, entry, mirror, error=str(outcome))
-            return True
+            await self._settle(event, mirror, error=str(outcome))
+            return None
         now = self._clock.now()
         if isinstance(outcome, DeliveryError):
             delay = backoff_delay(
-                entry.attempts, outcome.retry_after, self._settings, self._jitter()
+                mirror.attempts, outcome.retry_after, self._settings, self._jitter()
             )
+            not_before = now + timedelta(seconds=delay)
             await self._store.set_mirror(
                 event.id,
                 replace(
@@ -390,14 +426,12 @@ class DeliveryService:
                     attempts=mirror.attempts + 1,
                     error=str(outcome),
                     updated_at=now,
+                    not_before=not_before,
                 ),
-            )
-            await self._store.retry_entry(
-                entry.id, not_before=now + timedelta(seconds=delay), error=str(outcome)
             )
             self._metrics.deliveries.labels(platform=room.platform.value, outcome="retry").inc()
             log.info("delivery_retry_scheduled", delay_s=round(delay, 3), error=str(outcome))
-            return False
+            return not_before
         await self._store.set_mirror(
             event.id,
             replace(
@@ -407,18 +441,16 @@ class DeliveryService:
                 attempts=mirror.attempts + 1,
                 error=None,
                 updated_at=now,
+                not_before=None,
             ),
         )
-        await self._store.complete_entry(entry.id)
         self._metrics.deliveries.labels(platform=room.platform.value, outcome="sent").inc()
         self._metrics.delivery_seconds.labels(platform=room.platform.value).observe(
             max(0.0, (now - event.received_at).total_seconds())
         )
-        return True
+        return None
 
-    async def _settle(
-        self, event: TimelineEvent, entry: OutboxEntry, mirror: Mirror, *, error: str
-    ) -> None:
+    async def _settle(self, event: TimelineEvent, mirror: Mirror, *, error: str) -> None:
         await self._store.set_mirror(
             event.id,
             replace(
@@ -427,14 +459,12 @@ class DeliveryService:
                 attempts=mirror.attempts + 1,
                 error=error,
                 updated_at=self._clock.now(),
+                not_before=None,
             ),
         )
-        await self._store.fail_entry(entry.id, error=error)
-        self._metrics.deliveries.labels(
-            platform=entry.target.platform.value, outcome="failed"
-        ).inc()
+        self._metrics.deliveries.labels(platform=mirror.room.platform.value, outcome="failed").inc()
         log.warning("delivery_failed", error=error)
-        await self._tell_origin(event, entry.target, error)
+        await self._tell_origin(event, mirror.room, error)
 
     async def _tell_origin(self, event: TimelineEvent, target: RoomRef, error: str) -> None:
         """A visible notice in the room the event came from: it did not reach the other side."""
@@ -454,5 +484,16 @@ class DeliveryService:
             incident_id=event.incident_id,
             data={"undelivered": event.id, "target": target.key, "error": error},
         )
-        await self._store.append(notice, [event.origin.room])
-        self.notify()
+        self.offer([await self._store.append(notice, [event.origin.room])])
+
+
+class _Room:
+    """A room worked by this process: its wake-up and whether its lease was lost."""
+
+    __slots__ = ("lost", "room", "wake")
+
+    def __init__(self, room: RoomRef) -> None:
+        self.room = room
+        self.wake = asyncio.Event()
+        self.wake.set()  # read the queue first thing
+        self.lost = False

@@ -1,17 +1,19 @@
 """Intake: the ``InboundSink`` every adapter hands its events to.
 
 For each event: drop echoes of the bridge's own bot and ghosts, resolve the
-room link (the targets) and relation targets, mint the event id, and append it
-with one outbox entry per target. It returns only when everything is durable;
-a failure raises ``StoreError`` so the adapter answers its platform with an
-error and the platform delivers again.
+room link (the targets) and relation targets, and append it with a pending
+mirror per target (its outbox queue). A request's events are stored in one
+write. Event ids are minted when the request reaches the intake, before any
+lookup, so a room's events are ordered as they arrived. It returns only when
+everything is durable; a failure raises ``StoreError`` so the adapter answers
+its platform with an error and the platform delivers again.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 import structlog
@@ -25,6 +27,7 @@ from bridge.model import (
     InboundEvent,
     Kind,
     Relation,
+    RemoteRef,
     RoomLink,
     RoomRef,
     TimelineEvent,
@@ -91,62 +94,85 @@ class Intake:
 
     async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
         """Store each event in order; ``None`` stands for a dropped echo."""
-        results = [await self._accept_one(event) for event in events]
+        ids = [EventID(self._ids.new()) for _ in events]  # arrival order, before any await
+        started = time.perf_counter()
+        prepared: list[tuple[int, TimelineEvent, list[RoomRef]]] = []
+        batch: dict[RemoteRef, EventID] = {}
+        try:
+            for index, (inbound, event_id) in enumerate(zip(events, ids, strict=True)):
+                if self.is_echo(inbound):
+                    log.debug("echo_dropped", message=inbound.origin.message_id)
+                    continue
+                with structlog.contextvars.bound_contextvars(
+                    platform=inbound.origin.platform.value,
+                    room=inbound.origin.room.room_id,
+                    message=inbound.origin.message_id,
+                ):
+                    event, targets = await self._prepare(inbound, event_id, batch)
+                prepared.append((index, event, targets))
+                if event.kind is Kind.MESSAGE:
+                    batch.setdefault(event.origin, event.id)
+            appended = await self._store.append_many([(e, t) for _, e, t in prepared])
+        except StoreError:
+            self._metrics.store_errors.labels(operation="append").inc()
+            log.warning("events_not_stored", events=len(events))
+            raise
+        if prepared:
+            self._metrics.append_seconds.observe(time.perf_counter() - started)
+        results: list[AppendResult | None] = [None] * len(events)
+        for (index, _, targets), result in zip(prepared, appended, strict=True):
+            results[index] = result
+            self._count(result, len(targets))
         stored = [r for r in results if r is not None]
         if self._on_stored is not None and stored:
             await self._on_stored(stored)
         return results
 
-    async def _accept_one(self, inbound: InboundEvent) -> AppendResult | None:
+    async def _prepare(
+        self, inbound: InboundEvent, event_id: EventID, batch: Mapping[RemoteRef, EventID]
+    ) -> tuple[TimelineEvent, list[RoomRef]]:
+        """The event to store and its target rooms (``batch``: messages of the same request
+        stored before it, which its relations may refer to)."""
         platform = inbound.origin.platform.value
+        self._metrics.events_received.labels(platform=platform, kind=inbound.kind.value).inc()
+        links = await self._links_of(inbound.origin.room)
+        if not links and inbound.parent_room is not None:
+            links = await self._links_of(inbound.parent_room)
+        targets: list[RoomRef] = (
+            [_target(link, inbound) for link in links] if inbound.kind in MIRRORED_KINDS else []
+        )
+        relations = tuple(
+            [await self._resolve(r, inbound.parent_room, batch) for r in inbound.relations]
+        )
+        event = TimelineEvent(
+            id=event_id,
+            incident_id=next((lnk.incident_id for lnk in links if lnk.incident_id), None),
+            kind=inbound.kind,
+            origin=inbound.origin,
+            origin_variant=inbound.origin_variant,
+            sender=inbound.sender,
+            body=inbound.body,
+            occurred_at=inbound.occurred_at,
+            received_at=self._clock.now(),
+            relations=relations,
+            data=inbound.data,
+        )
+        return event, targets
+
+    def _count(self, result: AppendResult, targets: int) -> None:
+        origin = result.event.origin
         with structlog.contextvars.bound_contextvars(
-            platform=platform, room=inbound.origin.room.room_id, message=inbound.origin.message_id
+            platform=origin.platform.value, room=origin.room.room_id, message=origin.message_id
         ):
-            if self.is_echo(inbound):
-                log.debug("echo_dropped")
-                return None
-            self._metrics.events_received.labels(platform=platform, kind=inbound.kind.value).inc()
-            started = time.perf_counter()
-            try:
-                links = await self._links_of(inbound.origin.room)
-                if not links and inbound.parent_room is not None:
-                    links = await self._links_of(inbound.parent_room)
-                targets: list[RoomRef] = (
-                    [_target(link, inbound) for link in links]
-                    if inbound.kind in MIRRORED_KINDS
-                    else []
-                )
-                relations = tuple(
-                    [await self._resolve(r, inbound.parent_room) for r in inbound.relations]
-                )
-                now = self._clock.now()
-                event = TimelineEvent(
-                    id=EventID(self._ids.new()),
-                    incident_id=next((lnk.incident_id for lnk in links if lnk.incident_id), None),
-                    kind=inbound.kind,
-                    origin=inbound.origin,
-                    origin_variant=inbound.origin_variant,
-                    sender=inbound.sender,
-                    body=inbound.body,
-                    occurred_at=inbound.occurred_at,
-                    received_at=now,
-                    relations=relations,
-                    data=inbound.data,
-                )
-                result = await self._store.append(event, targets)
-            except StoreError:
-                self._metrics.store_errors.labels(operation="append").inc()
-                log.warning("event_not_stored")
-                raise
-            self._metrics.append_seconds.observe(time.perf_counter() - started)
             if result.duplicate:
-                self._metrics.events_duplicate.labels(platform=platform).inc()
+                self._metrics.events_duplicate.labels(platform=origin.platform.value).inc()
                 log.info("event_redelivered", event_id=result.event.id)
             else:
-                log.debug("event_stored", event_id=result.event.id, targets=len(targets))
-            return result
+                log.debug("event_stored", event_id=result.event.id, targets=targets)
 
-    async def _resolve(self, relation: Relation, parent: RoomRef | None) -> Relation:
+    async def _resolve(
+        self, relation: Relation, parent: RoomRef | None, batch: Mapping[RemoteRef, EventID]
+    ) -> Relation:
         """Attach the timeline event id of a relation's target, when the bridge knows it.
 
         A message the bridge posted into a channel is recorded under the channel; the
@@ -154,6 +180,9 @@ class Intake:
         """
         if relation.event_id is not None:
             return relation
+        in_batch = batch.get(relation.target)
+        if in_batch is not None:
+            return replace(relation, event_id=in_batch)
         target = await self._store.find_by_origin(relation.target, Kind.MESSAGE)
         if target is None:
             target = await self._store.find_by_mirror(relation.target)

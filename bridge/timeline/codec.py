@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +23,6 @@ from bridge.model import (
     Mirror,
     MirrorStatus,
     OutboxEntry,
-    OutboxEntryID,
     Platform,
     Relation,
     RelationKind,
@@ -131,6 +130,7 @@ def mirror_doc(mirror: Mirror) -> Doc:
         "attempts": mirror.attempts,
         "error": mirror.error,
         "updated_at": to_ms(mirror.updated_at) if mirror.updated_at else None,
+        "not_before": to_ms(mirror.not_before) if mirror.not_before else None,
     }
 
 
@@ -143,7 +143,13 @@ def mirror_from(doc: Mapping[str, Any]) -> Mirror:
         attempts=doc.get("attempts", 0),
         error=doc.get("error"),
         updated_at=doc.get("updated_at"),
+        not_before=doc.get("not_before"),
     )
+
+
+def queue_of(mirrors: Iterable[Mirror]) -> list[str]:
+    """The stored ``queue`` field: the target rooms an event is still owed to."""
+    return [m.room.key for m in mirrors if not m.settled]
 
 
 def _relation_doc(rel: Relation) -> Doc:
@@ -179,6 +185,7 @@ def event_doc(event: TimelineEvent) -> Doc:
         "received_at": to_ms(event.received_at),
         "relations": [_relation_doc(r) for r in event.relations],
         "mirrors": [mirror_doc(m) for m in event.mirrors],
+        "queue": queue_of(event.mirrors),
         "data": dict(event.data),
     }
 
@@ -201,35 +208,14 @@ def event_from(doc: Mapping[str, Any]) -> TimelineEvent:
     )
 
 
-def outbox_id(event_id: EventID, target: RoomRef) -> OutboxEntryID:
-    """One entry per (event, target room): the key that makes re-appending idempotent."""
-    return OutboxEntryID(f"{event_id}|{target.key}")
+def outbox_from(doc: Mapping[str, Any], room: RoomRef) -> OutboxEntry:
+    return OutboxEntry(event=event_from(doc), target=room)
 
 
-def outbox_doc(event: TimelineEvent, target: RoomRef) -> Doc:
-    return {
-        "_id": outbox_id(event.id, target),
-        "event_id": event.id,
-        "target": room_doc(target),
-        "room_key": target.key,
-        "state": "pending",
-        "created_at": to_ms(event.received_at),
-        "attempts": 0,
-        "not_before": to_ms(event.received_at),
-        "last_error": None,
-    }
-
-
-def outbox_from(doc: Mapping[str, Any]) -> OutboxEntry:
-    return OutboxEntry(
-        id=OutboxEntryID(doc["_id"]),
-        event_id=EventID(doc["event_id"]),
-        target=room_from(doc["target"]),
-        created_at=doc["created_at"],
-        attempts=doc.get("attempts", 0),
-        not_before=doc.get("not_before"),
-        last_error=doc.get("last_error"),
-    )
+def room_from_key(key: str) -> RoomRef:
+    """The room of a ``RoomRef.key``."""
+    platform, _, room_id = key.partition("|")
+    return RoomRef(platform=Platform(platform), room_id=RemoteRoomID(room_id))
 
 
 def link_id(link: RoomLink) -> str:

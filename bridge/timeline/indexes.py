@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
@@ -11,7 +10,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 ORIGIN_INDEX = "origin_unique"
 
 
-async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], *, outbox_retention: timedelta) -> None:
+async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
     """Create every index the stores query by; a no-op when they already exist."""
     await db["timeline"].create_indexes(
         [
@@ -39,25 +38,8 @@ async def ensure_indexes(db: AsyncDatabase[dict[str, Any]], *, outbox_retention:
                 [("mirrors.room_key", ASCENDING), ("mirrors.message_id", ASCENDING)],
                 name="mirror_lookup",
             ),
-            IndexModel(
-                [("mirrors.status", ASCENDING), ("received_at", ASCENDING)],
-                name="unsettled_mirrors",
-            ),
-        ]
-    )
-    await db["outbox"].create_indexes(
-        [
-            IndexModel(
-                [("state", ASCENDING), ("room_key", ASCENDING), ("event_id", ASCENDING)],
-                name="room_queue",
-            ),
-            # Settled entries are kept a while (a replay of their event must find
-            # the mirror settled), then expire.
-            IndexModel(
-                [("done_at", ASCENDING)],
-                name="settled_expiry",
-                expireAfterSeconds=int(outbox_retention.total_seconds()),
-            ),
+            # The outbox: each room's queued events in order; settled events leave it.
+            IndexModel([("queue", ASCENDING), ("_id", ASCENDING)], name="outbox_queue"),
         ]
     )
     await db["room_links"].create_indexes(

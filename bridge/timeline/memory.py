@@ -20,7 +20,6 @@ from bridge.model import (
     Kind,
     Mirror,
     OutboxEntry,
-    OutboxEntryID,
     Page,
     RemoteRef,
     RoomLink,
@@ -29,7 +28,7 @@ from bridge.model import (
 )
 from bridge.ports import Clock
 from bridge.timeline import codec
-from bridge.timeline.rules import scope_query, unsettled, with_pending_mirrors
+from bridge.timeline.rules import scope_query, with_pending_mirrors
 
 Doc = dict[str, Any]
 
@@ -56,7 +55,9 @@ class MemoryTimelineStore:
         self._clock = clock
         self._events: dict[str, Doc] = {}
         self._by_origin: dict[tuple[str, ...], str] = {}
-        self._outbox: dict[str, Doc] = {}
+        self._queues: dict[str, set[str]] = {}
+        """Room key -> ids of the events queued for it (the stored ``queue`` fields)."""
+        self._by_mirror: dict[tuple[str, str], str] = {}
         self._leases: dict[str, tuple[str, datetime]] = {}
         self._links: dict[str, Doc] = {}
         self.available = True
@@ -74,46 +75,36 @@ class MemoryTimelineStore:
         self._check()
 
     async def append(self, event: TimelineEvent, targets: Sequence[RoomRef]) -> AppendResult:
+        (result,) = await self.append_many([(event, targets)])
+        return result
+
+    async def append_many(
+        self, batch: Sequence[tuple[TimelineEvent, Sequence[RoomRef]]]
+    ) -> list[AppendResult]:
         self._check()
-        event = with_pending_mirrors(event, targets, self._clock.now())
+        now = self._clock.now()
+        return [self._append_one(with_pending_mirrors(e, t, now)) for e, t in batch]
+
+    def _append_one(self, event: TimelineEvent) -> AppendResult:
         doc = codec.event_doc(event)
         key = _origin_key(doc)
         existing_id = self._by_origin.get(key)
-        duplicate = existing_id is not None
         if existing_id is not None:
-            event = codec.event_from(copy.deepcopy(self._events[existing_id]))
-        else:
-            if doc["_id"] in self._events:
-                raise StoreError("event id collision on append")
-            self._events[doc["_id"]] = doc
-            self._by_origin[key] = doc["_id"]
-            event = codec.event_from(copy.deepcopy(doc))
-        for target in targets:
-            if unsettled(event.mirror_in(target)):
-                self._outbox.setdefault(
-                    codec.outbox_id(event.id, target), codec.outbox_doc(event, target)
-                )
-        return AppendResult(event=event, duplicate=duplicate)
+            stored = codec.event_from(copy.deepcopy(self._events[existing_id]))
+            return AppendResult(event=stored, duplicate=True)
+        if doc["_id"] in self._events:
+            raise StoreError("event id collision on append")
+        self._events[doc["_id"]] = doc
+        self._by_origin[key] = doc["_id"]
+        for room_key in doc["queue"]:
+            self._queues.setdefault(room_key, set()).add(doc["_id"])
+        for mirror in doc["mirrors"]:
+            self._index_mirror(doc["_id"], mirror)
+        return AppendResult(event=codec.event_from(copy.deepcopy(doc)), duplicate=False)
 
-    async def repair_outbox(self, *, received_before: datetime, limit: int) -> int:
-        self._check()
-        cutoff = codec.to_ms(received_before)
-        looked = 0
-        for doc in list(self._events.values()):
-            if looked >= limit:
-                break
-            if doc["received_at"] > cutoff:
-                continue
-            event = codec.event_from(copy.deepcopy(doc))
-            due = [m.room for m in event.mirrors if unsettled(m)]
-            if not due:
-                continue
-            looked += 1
-            for target in due:
-                self._outbox.setdefault(
-                    codec.outbox_id(event.id, target), codec.outbox_doc(event, target)
-                )
-        return looked
+    def _index_mirror(self, event_id: str, mirror: Doc) -> None:
+        if mirror["message_id"] is not None:
+            self._by_mirror.setdefault((mirror["room_key"], mirror["message_id"]), event_id)
 
     async def get(self, event_id: EventID) -> TimelineEvent | None:
         self._check()
@@ -130,14 +121,8 @@ class MemoryTimelineStore:
 
     async def find_by_mirror(self, message: RemoteRef) -> TimelineEvent | None:
         self._check()
-        for doc in self._events.values():
-            for mirror in doc["mirrors"]:
-                if (
-                    mirror["room_key"] == message.room.key
-                    and mirror["message_id"] == message.message_id
-                ):
-                    return codec.event_from(copy.deepcopy(doc))
-        return None
+        event_id = self._by_mirror.get((message.room.key, message.message_id))
+        return await self.get(EventID(event_id)) if event_id else None
 
     async def timeline(
         self,
@@ -176,6 +161,15 @@ class MemoryTimelineStore:
         )
         mirrors.insert(position, new)
         doc["mirrors"] = mirrors
+        self._index_mirror(event_id, new)
+        queue = self._queues.setdefault(new["room_key"], set())
+        if mirror.settled:
+            queue.discard(event_id)
+            doc["queue"] = [k for k in doc["queue"] if k != new["room_key"]]
+        else:
+            queue.add(event_id)
+            if new["room_key"] not in doc["queue"]:
+                doc["queue"] = [*doc["queue"], new["room_key"]]
 
     async def set_incident(self, event_id: EventID, incident_id: IncidentID) -> None:
         self._check()
@@ -183,81 +177,49 @@ class MemoryTimelineStore:
             self._events[event_id]["incident_id"] = incident_id
 
     # -- outbox ---------------------------------------------------------------
-    def _heads(self) -> dict[str, Doc]:
-        heads: dict[str, Doc] = {}
-        for doc in self._outbox.values():
-            if doc["state"] != "pending":
-                continue
-            head = heads.get(doc["room_key"])
-            if head is None or doc["event_id"] < head["event_id"]:
-                heads[doc["room_key"]] = doc
-        return heads
-
-    async def lease_rooms(
-        self, owner: str, *, now: datetime, ttl: timedelta, limit: int
-    ) -> list[RoomRef]:
+    async def pending(self, room: RoomRef, *, limit: int) -> list[OutboxEntry]:
         self._check()
-        now = codec.to_ms(now)
-        leased: list[RoomRef] = []
-        for room_key, head in sorted(self._heads().items()):
-            if len(leased) >= limit:
-                break
-            if head["not_before"] > now:
-                continue
-            holder = self._leases.get(room_key)
-            if holder is not None and holder[0] != owner and holder[1] > now:
-                continue
-            self._leases[room_key] = (owner, now + ttl)
-            leased.append(codec.room_from(head["target"]))
-        return leased
+        queued = sorted(self._queues.get(room.key, ()))[:limit]
+        return [codec.outbox_from(copy.deepcopy(self._events[i]), room) for i in queued]
 
-    async def renew_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
+    async def rooms_with_work(self, *, limit: int) -> list[RoomRef]:
+        self._check()
+        keys = sorted(k for k, queued in self._queues.items() if queued)
+        return [codec.room_from_key(k) for k in keys[:limit]]
+
+    async def lease_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
         self._check()
         now = codec.to_ms(now)
         holder = self._leases.get(room.key)
-        if holder is None or holder[0] != owner or holder[1] <= now:
+        if holder is not None and holder[0] != owner and holder[1] > now:
             return False
         self._leases[room.key] = (owner, now + ttl)
         return True
 
-    async def release_room(self, room: RoomRef, owner: str) -> None:
+    async def renew_rooms(
+        self, rooms: Sequence[RoomRef], owner: str, *, now: datetime, ttl: timedelta
+    ) -> set[str]:
         self._check()
-        holder = self._leases.get(room.key)
-        if holder is not None and holder[0] == owner:
-            del self._leases[room.key]
+        now = codec.to_ms(now)
+        held: set[str] = set()
+        for room in rooms:
+            holder = self._leases.get(room.key)
+            if holder is not None and holder[0] == owner and holder[1] > now:
+                self._leases[room.key] = (owner, now + ttl)
+                held.add(room.key)
+        return held
 
-    async def pending_entries(self, room: RoomRef, *, limit: int) -> list[OutboxEntry]:
-        self._check()
-        docs = sorted(
-            (
-                d
-                for d in self._outbox.values()
-                if d["room_key"] == room.key and d["state"] == "pending"
-            ),
-            key=lambda d: d["event_id"],
-        )
-        return [codec.outbox_from(copy.deepcopy(d)) for d in docs[:limit]]
-
-    async def complete_entry(self, entry_id: OutboxEntryID) -> None:
-        self._finish(entry_id, "done", None)
-
-    async def fail_entry(self, entry_id: OutboxEntryID, *, error: str) -> None:
-        self._finish(entry_id, "failed", error)
-
-    def _finish(self, entry_id: OutboxEntryID, state: str, error: str | None) -> None:
-        self._check()
-        doc = self._outbox.get(entry_id)
-        if doc is not None:
-            doc.update(state=state, done_at=codec.to_ms(self._clock.now()), last_error=error)
-
-    async def retry_entry(
-        self, entry_id: OutboxEntryID, *, not_before: datetime, error: str
+    async def release_room(
+        self, room: RoomRef, owner: str, *, until: datetime | None = None
     ) -> None:
         self._check()
-        doc = self._outbox.get(entry_id)
-        if doc is not None:
-            doc.update(not_before=codec.to_ms(not_before), last_error=error)
-            doc["attempts"] += 1
+        holder = self._leases.get(room.key)
+        if holder is None or holder[0] != owner:
+            return
+        if until is None:
+            del self._leases[room.key]
+        else:
+            self._leases[room.key] = ("", codec.to_ms(until))
 
     # -- room links -----------------------------------------------------------
     async def save_link(self, link: RoomLink) -> None:

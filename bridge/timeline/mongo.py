@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 from pymongo.write_concern import WriteConcern
 
 from bridge.errors import DependencyUnavailableError, StoreError
@@ -25,7 +25,6 @@ from bridge.model import (
     Kind,
     Mirror,
     OutboxEntry,
-    OutboxEntryID,
     Page,
     RemoteRef,
     RoomLink,
@@ -35,9 +34,12 @@ from bridge.model import (
 from bridge.ports import Clock
 from bridge.timeline import codec
 from bridge.timeline.indexes import ensure_indexes
-from bridge.timeline.rules import scope_query, unsettled, with_pending_mirrors
+from bridge.timeline.rules import scope_query, with_pending_mirrors
 
 Doc = dict[str, Any]
+
+_DUPLICATE_KEY = 11000
+_MIRROR_CANDIDATES = 8
 
 
 @asynccontextmanager
@@ -61,16 +63,13 @@ class MongoTimelineStore:
         *,
         clock: Clock,
         write_concern: WriteConcern,
-        outbox_retention: timedelta = timedelta(days=7),
     ) -> None:
         self._client = client
         self._clock = clock
         self._db: AsyncDatabase[Doc] = client.get_database(database, write_concern=write_concern)
         self._timeline: AsyncCollection[Doc] = self._db["timeline"]
-        self._outbox: AsyncCollection[Doc] = self._db["outbox"]
         self._leases: AsyncCollection[Doc] = self._db["outbox_leases"]
         self._links: AsyncCollection[Doc] = self._db["room_links"]
-        self._retention = outbox_retention
 
     @property
     def database(self) -> AsyncDatabase[Doc]:
@@ -84,50 +83,40 @@ class MongoTimelineStore:
 
     async def ensure_indexes(self) -> None:
         async with store_errors("creating indexes"):
-            await ensure_indexes(self._db, outbox_retention=self._retention)
+            await ensure_indexes(self._db)
 
     # -- timeline -------------------------------------------------------------
     async def append(self, event: TimelineEvent, targets: Sequence[RoomRef]) -> AppendResult:
-        event = with_pending_mirrors(event, targets, self._clock.now())
-        duplicate = False
-        async with store_errors("appending an event"):
+        (result,) = await self.append_many([(event, targets)])
+        return result
+
+    async def append_many(
+        self, batch: Sequence[tuple[TimelineEvent, Sequence[RoomRef]]]
+    ) -> list[AppendResult]:
+        if not batch:
+            return []
+        now = self._clock.now()
+        events = [with_pending_mirrors(event, targets, now) for event, targets in batch]
+        async with store_errors("appending events"):
             try:
-                await self._timeline.insert_one(codec.event_doc(event))
-            except DuplicateKeyError:
-                existing = await self.find_by_origin(event.origin, event.kind, event.origin_variant)
-                if existing is None:
-                    raise StoreError("event id collision on append") from None
-                event, duplicate = existing, True
-            await self._ensure_outbox(event, targets)
-        return AppendResult(event=event, duplicate=duplicate)
-
-    async def _ensure_outbox(self, event: TimelineEvent, targets: Sequence[RoomRef]) -> None:
-        # A target whose mirror is settled (sent or failed) is never queued again,
-        # even if its outbox entry has since expired: a replay must not resend.
-        due = [t for t in targets if unsettled(event.mirror_in(t))]
-        if not due:
-            return
-        ops = [
-            UpdateOne(
-                {"_id": codec.outbox_id(event.id, target)},
-                {"$setOnInsert": codec.outbox_doc(event, target)},
-                upsert=True,
-            )
-            for target in due
-        ]
-        await self._outbox.bulk_write(ops, ordered=False)
-
-    async def repair_outbox(self, *, received_before: datetime, limit: int) -> int:
-        query = {
-            "mirrors.status": {"$in": ["pending", "retrying"]},
-            "received_at": {"$lte": codec.to_ms(received_before)},
-        }
-        async with store_errors("repairing the outbox"):
-            docs = await self._timeline.find(query).limit(limit).to_list()
-            for doc in docs:
-                event = codec.event_from(doc)
-                await self._ensure_outbox(event, [m.room for m in event.mirrors])
-        return len(docs)
+                await self._timeline.insert_many(
+                    [codec.event_doc(e) for e in events], ordered=False
+                )
+                failed: set[int] = set()
+            except BulkWriteError as exc:
+                failed = _duplicate_positions(exc)
+            results: list[AppendResult] = []
+            for index, event in enumerate(events):
+                if index in failed:
+                    existing = await self.find_by_origin(
+                        event.origin, event.kind, event.origin_variant
+                    )
+                    if existing is None:
+                        raise StoreError("event id collision on append")
+                    results.append(AppendResult(event=existing, duplicate=True))
+                else:
+                    results.append(AppendResult(event=event, duplicate=False))
+        return results
 
     async def get(self, event_id: EventID) -> TimelineEvent | None:
         async with store_errors("reading an event"):
@@ -149,14 +138,17 @@ class MongoTimelineStore:
         return codec.event_from(doc) if doc else None
 
     async def find_by_mirror(self, message: RemoteRef) -> TimelineEvent | None:
-        query = {
-            "mirrors": {
-                "$elemMatch": {"room_key": message.room.key, "message_id": message.message_id}
-            }
-        }
+        # Dotted fields rather than $elemMatch: some servers only use the index for these.
+        # Both may match different mirrors of one event, so each hit is checked here.
+        query = {"mirrors.room_key": message.room.key, "mirrors.message_id": message.message_id}
         async with store_errors("looking up a mirror"):
-            doc = await self._timeline.find_one(query)
-        return codec.event_from(doc) if doc else None
+            docs = await self._timeline.find(query).limit(_MIRROR_CANDIDATES).to_list()
+        for doc in docs:
+            event = codec.event_from(doc)
+            mirror = event.mirror_in(message.room)
+            if mirror is not None and mirror.message_id == message.message_id:
+                return event
+        return None
 
     async def timeline(
         self,
@@ -197,13 +189,17 @@ class MongoTimelineStore:
 
     async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
         doc = codec.mirror_doc(mirror)
+        queue = {"queue": mirror.room.key}
+        queue_op = "$pull" if mirror.settled else "$addToSet"
         async with store_errors("recording a mirror"):
             result = await self._timeline.update_one(
                 {"_id": event_id, "mirrors.room_key": mirror.room.key},
-                {"$set": {"mirrors.$": doc}},
+                {"$set": {"mirrors.$": doc}, queue_op: queue},
             )
             if result.matched_count == 0:
-                await self._timeline.update_one({"_id": event_id}, {"$push": {"mirrors": doc}})
+                await self._timeline.update_one(
+                    {"_id": event_id}, {"$push": {"mirrors": doc}, queue_op: queue}
+                )
 
     async def set_incident(self, event_id: EventID, incident_id: IncidentID) -> None:
         async with store_errors("setting an incident"):
@@ -212,88 +208,62 @@ class MongoTimelineStore:
             )
 
     # -- outbox ---------------------------------------------------------------
-    async def lease_rooms(
-        self, owner: str, *, now: datetime, ttl: timedelta, limit: int
-    ) -> list[RoomRef]:
-        now = codec.to_ms(now)
-        pipeline: list[Doc] = [
-            {"$match": {"state": "pending"}},
-            {"$sort": {"room_key": ASCENDING, "event_id": ASCENDING}},
-            {
-                "$group": {
-                    "_id": "$room_key",
-                    "target": {"$first": "$target"},
-                    "not_before": {"$first": "$not_before"},
-                }
-            },
-            {"$match": {"not_before": {"$lte": now}}},
-        ]
-        leased: list[RoomRef] = []
-        async with store_errors("leasing outbox rooms"):
-            candidates = await (await self._outbox.aggregate(pipeline)).to_list()
-            for candidate in candidates:
-                if len(leased) >= limit:
-                    break
-                if await self._acquire(candidate["_id"], owner, now, ttl):
-                    leased.append(codec.room_from(candidate["target"]))
-        return leased
-
-    async def _acquire(self, room_key: str, owner: str, now: datetime, ttl: timedelta) -> bool:
-        try:
-            await self._leases.update_one(
-                {"_id": room_key, "$or": [{"until": {"$lte": now}}, {"owner": owner}]},
-                {"$set": {"owner": owner, "until": now + ttl}},
-                upsert=True,
-            )
-        except DuplicateKeyError:
-            return False  # another owner holds a live lease
-        return True
-
-    async def renew_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
-        now = codec.to_ms(now)
-        async with store_errors("renewing an outbox lease"):
-            result = await self._leases.update_one(
-                {"_id": room.key, "owner": owner, "until": {"$gt": now}},
-                {"$set": {"until": now + ttl}},
-            )
-        return result.matched_count == 1
-
-    async def release_room(self, room: RoomRef, owner: str) -> None:
-        async with store_errors("releasing an outbox room"):
-            await self._leases.delete_one({"_id": room.key, "owner": owner})
-
-    async def pending_entries(self, room: RoomRef, *, limit: int) -> list[OutboxEntry]:
+    async def pending(self, room: RoomRef, *, limit: int) -> list[OutboxEntry]:
         async with store_errors("reading the outbox"):
             docs = await (
-                self._outbox.find({"room_key": room.key, "state": "pending"})
-                .sort("event_id", ASCENDING)
+                self._timeline.find({"queue": room.key})
+                .sort("_id", ASCENDING)
                 .limit(limit)
                 .to_list()
             )
-        return [codec.outbox_from(d) for d in docs]
+        return [codec.outbox_from(d, room) for d in docs]
 
-    async def complete_entry(self, entry_id: OutboxEntryID) -> None:
-        await self._finish(entry_id, "done", None)
+    async def rooms_with_work(self, *, limit: int) -> list[RoomRef]:
+        async with store_errors("looking for outbox work"):
+            keys = await self._timeline.distinct("queue")
+        return [codec.room_from_key(k) for k in sorted(keys)[:limit]]
 
-    async def fail_entry(self, entry_id: OutboxEntryID, *, error: str) -> None:
-        await self._finish(entry_id, "failed", error)
+    async def lease_room(self, room: RoomRef, owner: str, *, now: datetime, ttl: timedelta) -> bool:
+        now = codec.to_ms(now)
+        async with store_errors("leasing an outbox room"):
+            try:
+                await self._leases.update_one(
+                    {"_id": room.key, "$or": [{"until": {"$lte": now}}, {"owner": owner}]},
+                    {"$set": {"owner": owner, "until": now + ttl}},
+                    upsert=True,
+                )
+            except DuplicateKeyError:
+                return False  # another owner holds a live lease
+        return True
 
-    async def _finish(self, entry_id: OutboxEntryID, state: str, error: str | None) -> None:
-        update = {"state": state, "done_at": codec.to_ms(self._clock.now()), "last_error": error}
-        async with store_errors("settling an outbox entry"):
-            await self._outbox.update_one({"_id": entry_id}, {"$set": update})
+    async def renew_rooms(
+        self, rooms: Sequence[RoomRef], owner: str, *, now: datetime, ttl: timedelta
+    ) -> set[str]:
+        if not rooms:
+            return set()
+        now = codec.to_ms(now)
+        keys = [r.key for r in rooms]
+        live = {"_id": {"$in": keys}, "owner": owner, "until": {"$gt": now}}
+        async with store_errors("renewing outbox leases"):
+            result = await self._leases.update_many(live, {"$set": {"until": now + ttl}})
+            if result.matched_count == len(keys):
+                return set(keys)
+            held = await self._leases.find(
+                {"_id": {"$in": keys}, "owner": owner, "until": {"$gt": now}}, {"_id": 1}
+            ).to_list()
+        return {d["_id"] for d in held}
 
-    async def retry_entry(
-        self, entry_id: OutboxEntryID, *, not_before: datetime, error: str
+    async def release_room(
+        self, room: RoomRef, owner: str, *, until: datetime | None = None
     ) -> None:
-        async with store_errors("rescheduling an outbox entry"):
-            await self._outbox.update_one(
-                {"_id": entry_id},
-                {
-                    "$set": {"not_before": codec.to_ms(not_before), "last_error": error},
-                    "$inc": {"attempts": 1},
-                },
-            )
+        async with store_errors("releasing an outbox room"):
+            if until is None:
+                await self._leases.delete_one({"_id": room.key, "owner": owner})
+            else:
+                await self._leases.update_one(
+                    {"_id": room.key, "owner": owner},
+                    {"$set": {"owner": "", "until": codec.to_ms(until)}},
+                )
 
     # -- room links -----------------------------------------------------------
     async def save_link(self, link: RoomLink) -> None:
@@ -314,3 +284,11 @@ class MongoTimelineStore:
         async with store_errors("reading room links"):
             docs = await self._links.find({}).sort("_id", ASCENDING).to_list()
         return [codec.link_from(d) for d in docs]
+
+
+def _duplicate_positions(exc: BulkWriteError) -> set[int]:
+    """The batch positions refused as duplicates; any other write error is re-raised."""
+    errors = exc.details.get("writeErrors", [])
+    if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+        raise exc
+    return {int(e["index"]) for e in errors}

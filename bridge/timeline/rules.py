@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from bridge.model import IncidentID, Mirror, MirrorStatus, RoomRef, TimelineEvent
+from bridge.model import IncidentID, Mirror, RoomRef, TimelineEvent
 
 
 def with_pending_mirrors(
@@ -17,11 +17,6 @@ def with_pending_mirrors(
     known = {m.room for m in event.mirrors}
     extra = tuple(Mirror(room=t, updated_at=now) for t in targets if t not in known)
     return replace(event, mirrors=event.mirrors + extra) if extra else event
-
-
-def unsettled(mirror: Mirror | None) -> bool:
-    """Whether a delivery may still be (re)queued: not yet sent and not given up."""
-    return mirror is None or mirror.status in (MirrorStatus.PENDING, MirrorStatus.RETRYING)
 
 
 def scope_query(incident_id: IncidentID | None, room: RoomRef | None) -> dict[str, Any]:

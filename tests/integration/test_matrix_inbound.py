@@ -146,7 +146,7 @@ async def test_message_stored_once_through_replays_and_a_restart(
     assert bridge.store is not None
     events = await _stored(bridge, room_id, 1)
     assert [e.origin.message_id for e in events] == [event_id]
-    assert len(await bridge.store.pending_entries(TEAMS_ROOM, limit=10)) == 1
+    assert len(await bridge.store.pending(TEAMS_ROOM, limit=10)) == 1
 
 
 @pytest.mark.parametrize(

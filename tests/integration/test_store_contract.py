@@ -21,7 +21,9 @@ from bridge.model import (
     RelationKind,
     RemoteMessageID,
     RemoteRef,
+    RemoteRoomID,
     RoomLink,
+    RoomRef,
 )
 from bridge.ports import StateStore, TimelineStore
 from bridge.timeline.codec import CursorError
@@ -74,7 +76,7 @@ async def test_append_is_idempotent_on_origin(backend: Backend) -> None:
     assert replay.event.id == first.id
     page = await backend.store.timeline(room=MATRIX_ROOM)
     assert [e.id for e in page.events] == [first.id]
-    assert len(await backend.store.pending_entries(TEAMS_ROOM, limit=10)) == 1
+    assert len(await backend.store.pending(TEAMS_ROOM, limit=10)) == 1
 
 
 async def test_kind_and_variant_are_part_of_the_origin_key(backend: Backend) -> None:
@@ -175,109 +177,160 @@ async def test_mirror_lookup_and_update(backend: Backend) -> None:
     )
 
 
+async def test_mirror_lookup_matches_room_and_id_of_one_mirror(backend: Backend) -> None:
+    event = backend.events.message("two targets", room=TEAMS_ROOM)
+    other = RoomRef(platform=MATRIX_ROOM.platform, room_id=RemoteRoomID("!other:example.org"))
+    await backend.store.append(event, [MATRIX_ROOM, other])
+    await backend.store.set_mirror(event.id, _sent(MATRIX_ROOM, "$one"))
+    await backend.store.set_mirror(event.id, _sent(other, "$two"))
+    crossed = RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID("$two"))
+    assert await backend.store.find_by_mirror(crossed) is None
+    found = await backend.store.find_by_mirror(replace(crossed, room=other))
+    assert found is not None
+    assert found.id == event.id
+
+
+def _sent(room: RoomRef, message_id: str) -> Mirror:
+    return Mirror(room=room, status=MirrorStatus.SENT, message_id=RemoteMessageID(message_id))
+
+
 async def test_replay_after_delivery_does_not_queue_again(backend: Backend) -> None:
     event = backend.events.message("once", message_id="$once")
     await backend.store.append(event, [TEAMS_ROOM])
-    (entry,) = await backend.store.pending_entries(TEAMS_ROOM, limit=10)
-    await backend.store.set_mirror(
-        event.id, Mirror(room=TEAMS_ROOM, status=MirrorStatus.SENT, message_id=RemoteMessageID("9"))
-    )
-    await backend.store.complete_entry(entry.id)
+    (entry,) = await backend.store.pending(TEAMS_ROOM, limit=10)
+    assert entry.event.id == event.id
+    await backend.store.set_mirror(event.id, _sent(TEAMS_ROOM, "9"))
     replay = await backend.store.append(
         backend.events.message("once", message_id="$once"), [TEAMS_ROOM]
     )
     assert replay.duplicate
-    assert await backend.store.pending_entries(TEAMS_ROOM, limit=10) == []
+    assert replay.event.mirror_in(TEAMS_ROOM) == _sent(TEAMS_ROOM, "9")
+    assert await backend.store.pending(TEAMS_ROOM, limit=10) == []
+    assert await backend.store.rooms_with_work(limit=10) == []
 
 
-async def test_outbox_claim_order_retry_and_ack(backend: Backend) -> None:
+async def test_append_many_stores_a_batch_in_order_and_spots_duplicates(
+    backend: Backend,
+) -> None:
+    store = backend.store
+    first = backend.events.message("a", message_id="$a")
+    await store.append(first, [TEAMS_ROOM])
+    batch = [
+        backend.events.message("b", message_id="$b"),
+        backend.events.message("a again", message_id="$a"),  # a redelivery
+        backend.events.message("c", message_id="$c"),
+        backend.events.message("b again", message_id="$b"),  # twice in one batch
+    ]
+    results = await store.append_many([(e, [TEAMS_ROOM]) for e in batch])
+    assert [r.duplicate for r in results] == [False, True, False, True]
+    assert [r.event.id for r in results] == [batch[0].id, first.id, batch[2].id, batch[0].id]
+    assert results[0].event.mirrors == (Mirror(room=TEAMS_ROOM, updated_at=backend.clock.now()),)
+    queued = await store.pending(TEAMS_ROOM, limit=10)
+    assert [e.event.body.text for e in queued] == ["a", "b", "c"]
+    assert await store.append_many([]) == []
+
+
+async def test_the_queue_in_order_with_retry_and_settling(backend: Backend) -> None:
     store, clock = backend.store, backend.clock
     events = [backend.events.message(f"m{i}") for i in range(3)]
     for event in events:
         await store.append(event, [TEAMS_ROOM])
     teams_event = backend.events.message("from teams", room=TEAMS_ROOM)
     await store.append(teams_event, [MATRIX_ROOM])
+    recorded = backend.events.message("recorded only")
+    await store.append(recorded, [])
 
-    rooms = await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10)
-    assert sorted(r.key for r in rooms) == sorted([TEAMS_ROOM.key, MATRIX_ROOM.key])
-    entries = await store.pending_entries(TEAMS_ROOM, limit=10)
-    assert [e.event_id for e in entries] == [e.id for e in events]
-
-    # The head fails: it is rescheduled and the room is not due until then.
-    await store.retry_entry(
-        entries[0].id, not_before=clock.now() + timedelta(seconds=10), error="503"
+    assert await store.rooms_with_work(limit=10) == sorted(
+        [TEAMS_ROOM, MATRIX_ROOM], key=lambda r: r.key
     )
-    await store.release_room(TEAMS_ROOM, "w1")
-    rooms = await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10)
-    assert TEAMS_ROOM not in rooms
-    clock.advance(11)
-    rooms = await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10)
-    assert TEAMS_ROOM in rooms
-    head = (await store.pending_entries(TEAMS_ROOM, limit=1))[0]
-    assert head.id == entries[0].id
-    assert head.attempts == 1
-    assert head.last_error == "503"
+    assert await store.rooms_with_work(limit=1) == [
+        min([TEAMS_ROOM, MATRIX_ROOM], key=lambda r: r.key)
+    ]
+    entries = await store.pending(TEAMS_ROOM, limit=10)
+    assert [e.event.id for e in entries] == [e.id for e in events]
+    assert entries[0].target == TEAMS_ROOM
+    assert entries[0].mirror.status is MirrorStatus.PENDING
+    assert entries[0].not_before is None
 
-    await store.complete_entry(entries[0].id)
-    await store.fail_entry(entries[1].id, error="forbidden")
-    remaining = await store.pending_entries(TEAMS_ROOM, limit=10)
-    assert [e.id for e in remaining] == [entries[2].id]
-    await store.complete_entry(entries[2].id)
-    assert await store.pending_entries(TEAMS_ROOM, limit=10) == []
+    # The head fails: it stays queued, with when to try again.
+    retry_at = clock.now() + timedelta(seconds=10)
+    retrying = replace(
+        entries[0].mirror,
+        status=MirrorStatus.RETRYING,
+        attempts=1,
+        error="503",
+        not_before=retry_at,
+    )
+    await store.set_mirror(events[0].id, retrying)
+    head = (await store.pending(TEAMS_ROOM, limit=1))[0]
+    assert head.event.id == events[0].id
+    assert head.mirror == retrying
+    assert head.not_before == retry_at
+
+    await store.set_mirror(events[0].id, _sent(TEAMS_ROOM, "1"))
+    failed = Mirror(room=TEAMS_ROOM, status=MirrorStatus.FAILED, error="forbidden")
+    await store.set_mirror(events[1].id, failed)
+    remaining = await store.pending(TEAMS_ROOM, limit=10)
+    assert [e.event.id for e in remaining] == [events[2].id]
+    await store.set_mirror(events[2].id, _sent(TEAMS_ROOM, "3"))
+    assert await store.pending(TEAMS_ROOM, limit=10) == []
+    assert await store.rooms_with_work(limit=10) == [MATRIX_ROOM]
+    stored = await store.get(events[1].id)
+    assert stored is not None
+    assert stored.mirrors == (failed,)
+
+
+async def test_a_mirror_for_a_new_target_is_added_and_queued(backend: Backend) -> None:
+    store = backend.store
+    event = backend.events.message("late target")
+    await store.append(event, [])
+    assert await store.pending(TEAMS_ROOM, limit=10) == []
+    await store.set_mirror(event.id, Mirror(room=TEAMS_ROOM))
+    (entry,) = await store.pending(TEAMS_ROOM, limit=10)
+    assert entry.event.id == event.id
+    await store.set_mirror(event.id, _sent(TEAMS_ROOM, "7"))
+    assert await store.pending(TEAMS_ROOM, limit=10) == []
 
 
 async def test_room_lease_is_exclusive_until_released_or_expired(backend: Backend) -> None:
     store, clock = backend.store, backend.clock
-    await store.append(backend.events.message("x"), [TEAMS_ROOM])
-    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
-    assert await store.lease_rooms("w2", now=clock.now(), ttl=LEASE, limit=10) == []
+    assert await store.lease_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
+    assert not await store.lease_room(TEAMS_ROOM, "w2", now=clock.now(), ttl=LEASE)
     # The holder renews its own lease.
-    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
+    assert await store.lease_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
     clock.advance(LEASE.total_seconds() + 1)
     # A dead holder's lease expires and another worker takes the room over.
-    assert await store.lease_rooms("w2", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
+    assert await store.lease_room(TEAMS_ROOM, "w2", now=clock.now(), ttl=LEASE)
     await store.release_room(TEAMS_ROOM, "w1")  # not the holder: no effect
-    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == []
+    assert not await store.lease_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
     await store.release_room(TEAMS_ROOM, "w2")
-    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
+    assert await store.lease_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
 
 
-async def test_a_lease_is_renewed_only_by_its_live_holder(backend: Backend) -> None:
+async def test_a_room_released_until_a_retry_is_not_leased_before(backend: Backend) -> None:
     store, clock = backend.store, backend.clock
-    await store.append(backend.events.message("x"), [TEAMS_ROOM])
-    assert not await store.renew_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
-    assert await store.lease_rooms("w1", now=clock.now(), ttl=LEASE, limit=10) == [TEAMS_ROOM]
+    assert await store.lease_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
+    await store.release_room(TEAMS_ROOM, "w1", until=clock.now() + timedelta(seconds=10))
+    assert not await store.lease_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
+    assert not await store.lease_room(TEAMS_ROOM, "w2", now=clock.now(), ttl=LEASE)
+    clock.advance(11)
+    assert await store.lease_room(TEAMS_ROOM, "w2", now=clock.now(), ttl=LEASE)
+
+
+async def test_leases_are_renewed_only_by_their_live_holder(backend: Backend) -> None:
+    store, clock = backend.store, backend.clock
+    rooms = [TEAMS_ROOM, MATRIX_ROOM]
+    assert await store.renew_rooms(rooms, "w1", now=clock.now(), ttl=LEASE) == set()
+    assert await store.renew_rooms([], "w1", now=clock.now(), ttl=LEASE) == set()
+    assert await store.lease_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
+    assert await store.lease_room(MATRIX_ROOM, "w2", now=clock.now(), ttl=LEASE)
     clock.advance(20)
-    assert await store.renew_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
+    assert await store.renew_rooms(rooms, "w1", now=clock.now(), ttl=LEASE) == {TEAMS_ROOM.key}
     clock.advance(20)  # 40 s after leasing, but 20 s after renewing: still held
-    assert await store.lease_rooms("w2", now=clock.now(), ttl=LEASE, limit=10) == []
-    assert not await store.renew_room(TEAMS_ROOM, "w2", now=clock.now(), ttl=LEASE)
+    assert not await store.lease_room(TEAMS_ROOM, "w2", now=clock.now(), ttl=LEASE)
+    assert await store.renew_rooms(rooms, "w2", now=clock.now(), ttl=LEASE) == set()  # expired
     clock.advance(LEASE.total_seconds() + 1)
-    assert not await store.renew_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)  # expired
-
-
-async def test_repair_recreates_entries_lost_between_the_two_writes(backend: Backend) -> None:
-    store, clock = backend.store, backend.clock
-    # The state a crash between the event write and the outbox write leaves behind:
-    # an event with a pending mirror and no outbox entry.
-    orphan = replace(backend.events.message("orphan"), mirrors=(Mirror(room=TEAMS_ROOM),))
-    await store.append(orphan, [])
-    assert await store.pending_entries(TEAMS_ROOM, limit=10) == []
-    delivered = backend.events.message("sent")
-    await store.append(delivered, [TEAMS_ROOM])
-    (entry,) = await store.pending_entries(TEAMS_ROOM, limit=10)
-    await store.set_mirror(
-        delivered.id,
-        Mirror(room=TEAMS_ROOM, status=MirrorStatus.SENT, message_id=RemoteMessageID("1")),
-    )
-    await store.complete_entry(entry.id)
-
-    assert await store.repair_outbox(received_before=clock.now(), limit=100) == 1
-    (repaired,) = await store.pending_entries(TEAMS_ROOM, limit=10)
-    assert repaired.event_id == orphan.id
-    # Running it again adds nothing; a settled mirror is never re-queued.
-    await store.repair_outbox(received_before=clock.now(), limit=100)
-    assert len(await store.pending_entries(TEAMS_ROOM, limit=10)) == 1
+    assert await store.renew_rooms(rooms, "w1", now=clock.now(), ttl=LEASE) == set()
 
 
 async def test_room_links(backend: Backend) -> None:

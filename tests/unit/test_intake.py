@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bridge.errors import StoreError
@@ -76,7 +78,7 @@ async def test_linked_message_is_stored_with_an_outbox_entry(
     assert not result.duplicate
     assert result.event.incident_id == "INC-1"
     assert [m.room for m in result.event.mirrors] == [TEAMS_ROOM]
-    assert len(await store.pending_entries(TEAMS_ROOM, limit=5)) == 1
+    assert len(await store.pending(TEAMS_ROOM, limit=5)) == 1
 
     (again,) = await intake.accept([_inbound("$1")])
     assert again is not None
@@ -97,7 +99,7 @@ async def test_unlinked_room_is_recorded_but_not_mirrored(
     (result,) = await intake.accept([_inbound("$2")])
     assert result is not None
     assert result.event.mirrors == ()
-    assert await store.pending_entries(TEAMS_ROOM, limit=5) == []
+    assert await store.pending(TEAMS_ROOM, limit=5) == []
 
 
 async def test_relations_resolve_to_originals_and_mirrors(
@@ -143,6 +145,65 @@ async def test_relations_resolve_to_originals_and_mirrors(
         from_teams.event.id,
         None,
     ]
+
+
+async def test_a_request_is_stored_in_one_write_and_relations_inside_it_resolve(
+    intake: Intake, store: MemoryTimelineStore
+) -> None:
+    calls: list[int] = []
+    append_many = store.append_many
+
+    async def counting(batch: object) -> object:
+        calls.append(len(batch))  # type: ignore[arg-type]
+        return await append_many(batch)  # type: ignore[arg-type]
+
+    store.append_many = counting  # type: ignore[assignment,method-assign]
+    target = RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID("$first"))
+    results = await intake.accept(
+        [
+            _inbound("$first"),
+            _inbound("$echo", sender=GHOST),
+            _inbound(
+                "$first",
+                kind=Kind.EDIT,
+                relations=(Relation(kind=RelationKind.EDIT, target=target),),
+            ),
+            _inbound("$first"),  # the same message twice in one request
+        ]
+    )
+    assert calls == [3]
+    first, echo, edit, again = results
+    assert echo is None
+    assert first is not None
+    assert edit is not None
+    assert again is not None
+    assert edit.event.relations[0].event_id == first.event.id
+    assert again.duplicate
+    assert again.event.id == first.event.id
+    assert first.event.id < edit.event.id
+
+
+async def test_ids_follow_arrival_not_the_end_of_the_lookups(
+    intake: Intake, store: MemoryTimelineStore
+) -> None:
+    """A request that arrives first gets the smaller id even when its lookups finish last."""
+    release = asyncio.Event()
+    links_for = store.links_for
+
+    async def slow_for_the_first(room: RoomRef) -> list[RoomLink]:
+        if not release.is_set():
+            release.set()
+            await asyncio.sleep(0)  # let the second request overtake this one
+            await asyncio.sleep(0)
+        return await links_for(room)
+
+    store.links_for = slow_for_the_first  # type: ignore[method-assign]
+    first, second = await asyncio.gather(
+        intake.accept([_inbound("$early")]), intake.accept([_inbound("$late")])
+    )
+    assert first[0] is not None
+    assert second[0] is not None
+    assert first[0].event.id < second[0].event.id
 
 
 async def test_store_failure_propagates(intake: Intake, store: MemoryTimelineStore) -> None:
