@@ -3,13 +3,18 @@
 Authentication is ``Authorization: Bearer <hs_token>`` only (compared in
 constant time); a token in the query string or anything else gets 403
 ``M_FORBIDDEN`` before any work is done. A transaction is acknowledged only
-after its events are stored and its id recorded; a known id is acknowledged
-without processing; a storage failure answers 503 so the homeserver retries.
+after its events are stored and its id recorded; a storage failure answers 503
+so the homeserver retries. An id this process acknowledged lately is
+acknowledged again without processing. Any other replay (after a restart, or
+first taken by another replica) is processed again, which stores nothing twice:
+the timeline's origin key makes every event of it a duplicate. So the first
+sight of a transaction costs no lookup.
 """
 
 from __future__ import annotations
 
 import hmac
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +28,7 @@ log = structlog.get_logger(__name__)
 
 TRANSACTIONS_NAMESPACE = "matrix_transactions"
 MAX_TRANSACTION_BYTES = 64 * 1024 * 1024
+RECENT_TRANSACTIONS = 1024
 
 TransactionHandler = Callable[[Sequence[Mapping[str, Any]]], Awaitable[None]]
 
@@ -48,6 +54,7 @@ class AppServiceEndpoints:
         self._clock = clock
         self._on_transaction = on_transaction
         self._accepting = accepting
+        self._recent: OrderedDict[str, None] = OrderedDict()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -76,7 +83,7 @@ class AppServiceEndpoints:
         txn_id = request.match_info["txn_id"]
         with structlog.contextvars.bound_contextvars(platform="matrix", txn_id=txn_id):
             try:
-                if await self._state.get(TRANSACTIONS_NAMESPACE, txn_id) is not None:
+                if txn_id in self._recent:
                     log.info("transaction_replayed")
                     return web.json_response({})
                 if request.content_length and request.content_length > MAX_TRANSACTION_BYTES:
@@ -94,11 +101,17 @@ class AppServiceEndpoints:
                     txn_id,
                     {"received_at": self._clock.now(), "events": len(events)},
                 )
+                self._remember(txn_id)
             except StoreError:
                 log.warning("transaction_not_stored")
                 return _error(503, "M_UNKNOWN", "storage unavailable; retry later")
             log.debug("transaction_stored", events=len(events))
             return web.json_response({})
+
+    def _remember(self, txn_id: str) -> None:
+        self._recent[txn_id] = None
+        while len(self._recent) > RECENT_TRANSACTIONS:
+            self._recent.popitem(last=False)
 
     async def _ping(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
