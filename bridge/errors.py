@@ -57,6 +57,15 @@ class StoreError(BridgeError):
     retryable = True
 
 
+class OverloadedError(StoreError):
+    """Too much is being stored already: refused at once, before any work (answer 503
+    with ``retry_after`` so the platform sends it again later)."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DeliveryError(BridgeError):
     """Sending to a platform failed."""
 

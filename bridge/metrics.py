@@ -39,8 +39,14 @@ class BridgeMetrics:
         )
         self.append_seconds = Histogram(
             "bridge_timeline_append_seconds",
-            "Time to store one event durably (timeline and outbox).",
+            "Time to store one request's events durably (with their outbox queues).",
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests_refused = Counter(
+            "bridge_requests_refused",
+            "Platform requests answered 503 at once because too many were being stored.",
+            ["platform"],
             registry=r,
         )
         self.store_errors = Counter(

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import structlog
 
-from bridge.errors import StoreError
+from bridge.errors import OverloadedError, StoreError
 from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
@@ -37,6 +37,8 @@ from bridge.ports import ChatAdapter, Clock, TimelineStore
 log = structlog.get_logger(__name__)
 
 LINK_CACHE_SIZE = 4096
+OVERLOAD_RETRY_S = 2.0
+"""The Retry-After suggested with a request refused because of overload."""
 
 MIRRORED_KINDS = frozenset({Kind.MESSAGE, Kind.EDIT, Kind.REDACTION, Kind.REACTION})
 """Kinds that are copied to the linked room; the rest are recorded only."""
@@ -55,8 +57,11 @@ class Intake:
         adapters: Sequence[ChatAdapter],
         on_stored: Callable[[Sequence[AppendResult]], Awaitable[None]] | None = None,
         link_cache_ttl_s: float = 5.0,
+        max_in_flight: int = 256,
     ) -> None:
-        """``on_stored`` gets each batch of stored events (to wake delivery, run commands)."""
+        """``on_stored`` gets each batch of stored events (to wake delivery, run commands);
+        past ``max_in_flight`` requests being stored, another is refused at once
+        (``OverloadedError``) instead of queueing past the platforms' ack deadlines."""
         self._store = store
         self._clock = clock
         self._ids = ids
@@ -65,6 +70,8 @@ class Intake:
         self._on_stored = on_stored
         self._link_ttl = link_cache_ttl_s
         self._links: OrderedDict[str, tuple[float, list[RoomLink]]] = OrderedDict()
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
 
     def forget_links(self) -> None:
         """Links changed: look them up afresh (called by the link service of this process)."""
@@ -94,6 +101,18 @@ class Intake:
 
     async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
         """Store each event in order; ``None`` stands for a dropped echo."""
+        if self._in_flight >= self._max_in_flight:
+            platform = events[0].origin.platform.value if events else "none"
+            self._metrics.requests_refused.labels(platform=platform).inc()
+            log.warning("intake_overloaded", in_flight=self._in_flight, events=len(events))
+            raise OverloadedError("too many requests being stored", retry_after=OVERLOAD_RETRY_S)
+        self._in_flight += 1
+        try:
+            return await self._accept(events)
+        finally:
+            self._in_flight -= 1
+
+    async def _accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
         ids = [EventID(self._ids.new()) for _ in events]  # arrival order, before any await
         started = time.perf_counter()
         prepared: list[tuple[int, TimelineEvent, list[RoomRef]]] = []

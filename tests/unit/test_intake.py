@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from bridge.errors import StoreError
+from bridge.errors import OverloadedError, StoreError
 from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
@@ -260,3 +260,40 @@ async def test_found_links_are_cached_and_dropped_when_links_change(
     (fresh,) = await intake.accept([_inbound("$u4")])
     assert fresh is not None
     assert fresh.event.mirrors == ()
+
+
+async def test_past_the_in_flight_limit_a_request_is_refused_at_once(
+    store: MemoryTimelineStore,
+) -> None:
+    metrics = BridgeMetrics()
+    intake = Intake(
+        store=store,
+        clock=FakeClock(),
+        ids=UlidFactory(),
+        metrics=metrics,
+        adapters=[FakeAdapter(Platform.MATRIX)],
+        max_in_flight=1,
+    )
+    entered, release = asyncio.Event(), asyncio.Event()
+    append_many = store.append_many
+
+    async def held(batch: object) -> object:
+        entered.set()
+        await release.wait()
+        return await append_many(batch)  # type: ignore[arg-type]
+
+    store.append_many = held  # type: ignore[assignment,method-assign]
+    first = asyncio.get_running_loop().create_task(intake.accept([_inbound("$held")]))
+    await asyncio.wait_for(entered.wait(), 5)
+    with pytest.raises(OverloadedError) as refused:
+        await intake.accept([_inbound("$refused")])
+    assert refused.value.retry_after > 0
+    release.set()
+    (stored,) = await asyncio.wait_for(first, 5)
+    assert stored is not None
+    store.append_many = append_many  # type: ignore[method-assign]
+    (later,) = await intake.accept([_inbound("$refused")])  # sent again: taken now
+    assert later is not None
+    assert not later.duplicate
+    refusals = metrics.requests_refused.labels(platform="matrix")._value.get()
+    assert refusals == 1
