@@ -193,6 +193,12 @@ class _CountingMongoStore(MongoTimelineStore):
         if self.settled is not None and mirror.status is MirrorStatus.SENT:
             self.settled.add()
 
+    async def set_mirrors(self, updates: Sequence[tuple[EventID, Mirror]]) -> None:
+        await super().set_mirrors(updates)
+        for _, mirror in updates:
+            if self.settled is not None and mirror.status is MirrorStatus.SENT:
+                self.settled.add()
+
 
 class _CountingMemoryStore(MemoryTimelineStore):
     settled: SettleCount | None = None
@@ -201,6 +207,12 @@ class _CountingMemoryStore(MemoryTimelineStore):
         await super().set_mirror(event_id, mirror)
         if self.settled is not None and mirror.status is MirrorStatus.SENT:
             self.settled.add()
+
+    async def set_mirrors(self, updates: Sequence[tuple[EventID, Mirror]]) -> None:
+        await super().set_mirrors(updates)
+        for _, mirror in updates:
+            if self.settled is not None and mirror.status is MirrorStatus.SENT:
+                self.settled.add()
 
 
 async def _stores(

@@ -241,6 +241,9 @@ class TimelineStore(Protocol):
         A sent or failed mirror takes the room off the event's queue; a pending or
         retrying one (with ``not_before``) keeps it there."""
 
+    async def set_mirrors(self, updates: Sequence[tuple[EventID, Mirror]]) -> None:
+        """``set_mirror`` for several events, in one write where the database allows."""
+
     async def set_incident(self, event_id: EventID, incident_id: IncidentID) -> None: ...
 
     # -- the outbox: the queued (unsettled) mirrors -----------------------------

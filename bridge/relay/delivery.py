@@ -30,6 +30,7 @@ from bridge.ids import UlidFactory
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
     AppendResult,
+    EventID,
     Kind,
     Mirror,
     MirrorStatus,
@@ -321,7 +322,25 @@ class DeliveryService:
         self, room: RoomRef, entries: list[OutboxEntry], worked: _Room
     ) -> datetime | None:
         """Deliver entries in order; the time the room must wait for, when its head is not
-        due (None when every entry was settled)."""
+        due (None when every entry was settled).
+
+        Deliveries are recorded together, in one write, before returning: a crash before
+        that write sends them again under the same idempotency keys, which the adapters
+        turn into no-ops (Matrix transaction ids, Teams create records)."""
+        sent: list[tuple[EventID, Mirror]] = []
+        try:
+            return await self._deliver_entries(room, entries, worked, sent)
+        finally:
+            if sent:
+                await self._store.set_mirrors(sent)
+
+    async def _deliver_entries(
+        self,
+        room: RoomRef,
+        entries: list[OutboxEntry],
+        worked: _Room,
+        sent: list[tuple[EventID, Mirror]],
+    ) -> datetime | None:
         adapter = self._adapters.get(room.platform)
         index = 0
         while index < len(entries):
@@ -333,12 +352,12 @@ class DeliveryService:
             if isinstance(adapter, SupportsBatchSend):
                 batch = self._batchable_run(entries[index:])
                 if len(batch) >= 2:
-                    blocked = await self._deliver_batch(adapter, room, batch)
+                    blocked = await self._deliver_batch(adapter, room, batch, sent)
                     if blocked is not None:
                         return blocked
                     index += len(batch)
                     continue
-            blocked = await self._deliver_one(room, entry)
+            blocked = await self._deliver_one(room, entry, sent)
             if blocked is not None:
                 return blocked
             index += 1
@@ -347,7 +366,9 @@ class DeliveryService:
     def _due(self, entry: OutboxEntry) -> bool:
         return entry.not_before is None or entry.not_before <= self._clock.now()
 
-    async def _deliver_one(self, room: RoomRef, entry: OutboxEntry) -> datetime | None:
+    async def _deliver_one(
+        self, room: RoomRef, entry: OutboxEntry, sent: list[tuple[EventID, Mirror]]
+    ) -> datetime | None:
         event, mirror = entry.event, entry.mirror
         if mirror.settled:
             await self._store.set_mirror(event.id, mirror)  # takes it off the queue
@@ -364,7 +385,7 @@ class DeliveryService:
                 )
             except DeliveryError as exc:
                 outcome = exc
-            return await self._record(room, event, mirror, outcome)
+            return await self._record(room, event, mirror, outcome, sent)
 
     def _batchable_run(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
         """The leading due entries that are plain new messages (no reply, thread, relation
@@ -384,7 +405,11 @@ class DeliveryService:
         return run
 
     async def _deliver_batch(
-        self, adapter: SupportsBatchSend, room: RoomRef, batch: list[OutboxEntry]
+        self,
+        adapter: SupportsBatchSend,
+        room: RoomRef,
+        batch: list[OutboxEntry],
+        sent: list[tuple[EventID, Mirror]],
     ) -> datetime | None:
         """Hand several plain messages to the adapter at once (it may combine them)."""
         messages = [OutboundMessage(event=e.event, target=room) for e in batch]
@@ -395,7 +420,7 @@ class DeliveryService:
             result: RemoteMessageID | DeliveryError = (
                 outcome if isinstance(outcome, DeliveryError) else outcome.message_id
             )
-            wait = await self._record(room, entry.event, entry.mirror, result)
+            wait = await self._record(room, entry.event, entry.mirror, result, sent)
             blocked = blocked or wait
         return blocked
 
@@ -405,8 +430,10 @@ class DeliveryService:
         event: TimelineEvent,
         mirror: Mirror,
         outcome: RemoteMessageID | DeliveryError | None,
+        sent: list[tuple[EventID, Mirror]],
     ) -> datetime | None:
-        """Record one outcome on the mirror; the time the room must wait for a retry."""
+        """Record one outcome on the mirror (a delivery: in ``sent``, written later); the
+        time the room must wait for a retry."""
         if isinstance(outcome, PermanentDeliveryError) or (
             isinstance(outcome, DeliveryError) and not outcome.retryable
         ):
@@ -432,18 +459,16 @@ class DeliveryService:
             self._metrics.deliveries.labels(platform=room.platform.value, outcome="retry").inc()
             log.info("delivery_retry_scheduled", delay_s=round(delay, 3), error=str(outcome))
             return not_before
-        await self._store.set_mirror(
-            event.id,
-            replace(
-                mirror,
-                status=MirrorStatus.SENT,
-                message_id=outcome,
-                attempts=mirror.attempts + 1,
-                error=None,
-                updated_at=now,
-                not_before=None,
-            ),
+        delivered = replace(
+            mirror,
+            status=MirrorStatus.SENT,
+            message_id=outcome,
+            attempts=mirror.attempts + 1,
+            error=None,
+            updated_at=now,
+            not_before=None,
         )
+        sent.append((event.id, delivered))
         self._metrics.deliveries.labels(platform=room.platform.value, outcome="sent").inc()
         self._metrics.delivery_seconds.labels(platform=room.platform.value).observe(
             max(0.0, (now - event.received_at).total_seconds())

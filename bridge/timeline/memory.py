@@ -150,6 +150,9 @@ class MemoryTimelineStore:
 
     async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
         self._check()
+        self._set_mirror(event_id, mirror)
+
+    def _set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
         doc = self._events.get(event_id)
         if doc is None:
             return
@@ -170,6 +173,11 @@ class MemoryTimelineStore:
             queue.add(event_id)
             if new["room_key"] not in doc["queue"]:
                 doc["queue"] = [*doc["queue"], new["room_key"]]
+
+    async def set_mirrors(self, updates: Sequence[tuple[EventID, Mirror]]) -> None:
+        self._check()
+        for event_id, mirror in updates:
+            self._set_mirror(event_id, mirror)
 
     async def set_incident(self, event_id: EventID, incident_id: IncidentID) -> None:
         self._check()

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
@@ -188,6 +188,9 @@ class MongoTimelineStore:
         return Page(events=events, next_cursor=next_cursor)
 
     async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
+        await self._set_mirror(event_id, mirror)
+
+    async def _set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
         doc = codec.mirror_doc(mirror)
         queue = {"queue": mirror.room.key}
         queue_op = "$pull" if mirror.settled else "$addToSet"
@@ -200,6 +203,25 @@ class MongoTimelineStore:
                 await self._timeline.update_one(
                     {"_id": event_id}, {"$push": {"mirrors": doc}, queue_op: queue}
                 )
+
+    async def set_mirrors(self, updates: Sequence[tuple[EventID, Mirror]]) -> None:
+        if not updates:
+            return
+        ops = [
+            UpdateOne(
+                {"_id": event_id, "mirrors.room_key": mirror.room.key},
+                {
+                    "$set": {"mirrors.$": codec.mirror_doc(mirror)},
+                    "$pull" if mirror.settled else "$addToSet": {"queue": mirror.room.key},
+                },
+            )
+            for event_id, mirror in updates
+        ]
+        async with store_errors("recording mirrors"):
+            result = await self._timeline.bulk_write(ops, ordered=False)
+        if result.matched_count < len(ops):  # a mirror not stored yet: add it
+            for event_id, mirror in updates:
+                await self._set_mirror(event_id, mirror)
 
     async def set_incident(self, event_id: EventID, incident_id: IncidentID) -> None:
         async with store_errors("setting an incident"):

@@ -292,6 +292,28 @@ async def test_a_mirror_for_a_new_target_is_added_and_queued(backend: Backend) -
     assert await store.pending(TEAMS_ROOM, limit=10) == []
 
 
+async def test_several_deliveries_are_recorded_together(backend: Backend) -> None:
+    store = backend.store
+    queued = [backend.events.message(f"q{i}") for i in range(3)]
+    for event in queued:
+        await store.append(event, [TEAMS_ROOM])
+    unqueued = backend.events.message("no mirror yet")
+    await store.append(unqueued, [])
+    await store.set_mirrors(
+        [(e.id, _sent(TEAMS_ROOM, f"r{i}")) for i, e in enumerate(queued)]
+        + [(unqueued.id, _sent(TEAMS_ROOM, "late"))]
+    )
+    await store.set_mirrors([])
+    assert await store.pending(TEAMS_ROOM, limit=10) == []
+    for i, event in enumerate(queued):
+        stored = await store.get(event.id)
+        assert stored is not None
+        assert stored.mirrors == (_sent(TEAMS_ROOM, f"r{i}"),)
+    late = await store.get(unqueued.id)
+    assert late is not None
+    assert late.mirrors == (_sent(TEAMS_ROOM, "late"),)
+
+
 async def test_room_lease_is_exclusive_until_released_or_expired(backend: Backend) -> None:
     store, clock = backend.store, backend.clock
     assert await store.lease_room(TEAMS_ROOM, "w1", now=clock.now(), ttl=LEASE)
