@@ -22,6 +22,13 @@ here is given a key manager that reads from an injected ``KeySource`` instead.
 Everything the SDK leaves out (required ``exp``, exact issuer, endorsements, the
 serviceUrl claim, the allow-lists) is checked here on the verified claims.
 
+The channel sends one token for as long as it is valid, so a token that passed is
+remembered (``VerifiedTokenCache``, keyed by the exact token string, at most
+``TOKEN_CACHE_SIZE`` of them, least recently used first out) and not verified again:
+an entry serves only until the token's ``exp`` and only while the key set it was
+verified against is current (``KeySource.generation``); the claim checks against the
+clock (lifetime, skew) run on every use. A refused token is never remembered.
+
 A refused request raises ``AuthRejectedError``: 401 for a missing or bad token, 403 for a
 valid token from a caller the bridge does not serve. Nothing is stored and nothing
 is sent for a refused request.
@@ -29,8 +36,11 @@ is sent for a refused request.
 
 from __future__ import annotations
 
+import re
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -49,6 +59,10 @@ from bridge.ports import Clock
 TEAMS_CHANNEL: Final = "msteams"
 SERVICE_URL_CLAIM: Final = "serviceurl"
 _DEFAULT_PORTS: Final = {"https": 443, "http": 80}
+TOKEN_CACHE_SIZE: Final = 4096
+"""Verified tokens remembered; the channel uses one at a time, so this is ample."""
+_WHITESPACE: Final = re.compile(r"\s")
+"""What ``str.isspace`` calls whitespace (the same Unicode table), found in C."""
 
 
 class AuthRejectedError(Exception):
@@ -70,6 +84,54 @@ class VerifiedToken:
     def service_url(self) -> str | None:
         value = self.claims.get(SERVICE_URL_CLAIM)
         return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _CachedToken:
+    claims: Mapping[str, Any]
+    expires: float
+    """The token's ``exp``: the entry serves until then."""
+
+
+class VerifiedTokenCache:
+    """Tokens whose signature and claims passed, by their exact string; bounded, LRU."""
+
+    def __init__(self, *, capacity: int = TOKEN_CACHE_SIZE) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[str, _CachedToken] = OrderedDict()
+        self._generation: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token: str, *, now: float, generation: int) -> Mapping[str, Any] | None:
+        """The claims of ``token`` if it was verified against this key generation and its
+        ``exp`` is not reached yet (an entry past it is dropped)."""
+        if generation != self._generation:
+            self._entries.clear()  # the keys changed: every verdict is void
+            self._generation = generation
+            return None
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        if now >= entry.expires:
+            del self._entries[token]
+            return None
+        self._entries.move_to_end(token)
+        return entry.claims
+
+    def put(self, token: str, claims: Mapping[str, Any], *, now: float, generation: int) -> None:
+        """Remember a token verified against key generation ``generation`` (until its ``exp``)."""
+        expires = claims.get("exp")
+        if not isinstance(expires, int | float) or isinstance(expires, bool) or now >= expires:
+            return
+        if generation != self._generation:
+            self._entries.clear()
+            self._generation = generation
+        self._entries[token] = _CachedToken(claims=claims, expires=float(expires))
+        self._entries.move_to_end(token)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
 
 
 class _InjectedKeys(_JwkClientManager):
@@ -117,15 +179,33 @@ class InboundAuthenticator:
             validate_issuer=True,
             anonymous_allowed=False,
         )
+        self._keys = keys
         self._validator = _ChannelTokenValidator(configuration, _InjectedKeys(keys))
+        self._verified = VerifiedTokenCache()
 
     async def authenticate(self, authorization: str | None) -> VerifiedToken:
         """Validate the bearer token (checks 1-6); raise ``AuthRejectedError`` (401) otherwise.
 
+        A token verified before (same string, same key generation, ``exp`` not reached)
+        is not verified again; its claims are checked against the clock again.
         ``DependencyUnavailableError`` passes through when the signing keys cannot be
         fetched: the caller answers 503 so the channel delivers again later.
         """
         token = _bearer_token(authorization)
+        generation = self._keys.generation
+        now = self._clock.now().timestamp()
+        cached = self._verified.get(token, now=now, generation=generation)
+        if cached is not None:
+            self._check_claims(cached)
+            return VerifiedToken(claims=cached)
+        claims = await self._verify(token)
+        self._check_claims(claims)
+        if self._keys.generation == generation:  # not when the keys changed meanwhile
+            self._verified.put(token, claims, now=now, generation=generation)
+        return VerifiedToken(claims=claims)
+
+    async def _verify(self, token: str) -> Mapping[str, Any]:
+        """Checks 2-6 by the SDK's validator: the claims of a token signed by a channel key."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -150,9 +230,7 @@ class InboundAuthenticator:
             raise AuthRejectedError(401, reason) from None
         except (TypeError, KeyError, AttributeError):  # claims of unexpected JSON types
             raise AuthRejectedError(401, "invalid_token") from None
-        claims = identity.claims
-        self._check_claims(claims)
-        return VerifiedToken(claims=claims)
+        return MappingProxyType(dict(identity.claims))
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         issuer = claims.get("iss")
@@ -241,6 +319,6 @@ def _bearer_token(authorization: str | None) -> str:
         raise AuthRejectedError(401, "missing_token")
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+    if scheme.lower() != "bearer" or not token or _WHITESPACE.search(token) is not None:
         raise AuthRejectedError(401, "not_a_bearer_token")
     return token

@@ -6,6 +6,10 @@ most ``max_age_s``. A token signed with a key id it does not know makes it fetch
 again, at most once per ``min_refresh_s`` (so forged key ids cannot make it hammer
 the metadata host), with one fetch shared by all concurrent callers.
 
+``generation`` counts the key sets: it moves whenever a fetch brings keys that differ
+from the ones held (a key added, removed or changed), so whoever remembers what a key
+verified (the inbound token cache) knows to forget it.
+
 Both URLs must be https, or http towards a loopback host (a local emulator);
 see ``bridge.config.teams.check_trusted_url``.
 """
@@ -40,10 +44,16 @@ class SigningKey:
     key: PyJWK
     endorsements: frozenset[str] | None
     """The channels the key is endorsed for, or None when the key lists none."""
+    fingerprint: str = ""
+    """The key's JWK entry, canonical JSON: two keys with equal fingerprints verify alike."""
 
 
 class KeySource(Protocol):
     """Where the inbound validator finds the key a token was signed with."""
+
+    @property
+    def generation(self) -> int:
+        """Moves whenever the keys change; what a key verified is valid for one generation."""
 
     async def signing_key(self, key_id: str) -> SigningKey | None:
         """The key with this id, fetching the keys again if it is unknown; None if absent."""
@@ -72,6 +82,8 @@ class OpenIdKeySource:
         self._min_refresh_s = min_refresh_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._keys: dict[str, SigningKey] = {}
+        self._fingerprint: frozenset[tuple[str, str]] = frozenset()
+        self._generation = 0
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._lock = asyncio.Lock()
@@ -80,6 +92,10 @@ class OpenIdKeySource:
     def loaded(self) -> bool:
         """Whether a key set has been fetched (an old one is renewed on the next use)."""
         return self._fetched_at is not None
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     async def signing_key(self, key_id: str) -> SigningKey | None:
         key = self._keys.get(key_id)
@@ -129,6 +145,10 @@ class OpenIdKeySource:
         if problem is not None:
             raise DependencyUnavailableError("teams signing keys", f"jwks_uri {problem}")
         keys = parse_key_set(await self._get_json(jwks_uri))
+        fingerprint = key_set_fingerprint(keys)
+        if fingerprint != self._fingerprint:
+            self._generation += 1
+            self._fingerprint = fingerprint
         self._keys = keys
         self._fetched_at = self._clock.monotonic()
         log.info("teams_signing_keys_fetched", keys=len(keys))
@@ -174,6 +194,11 @@ def parse_key_set(document: Mapping[str, Any]) -> dict[str, SigningKey]:
     return keys
 
 
+def key_set_fingerprint(keys: Mapping[str, SigningKey]) -> frozenset[tuple[str, str]]:
+    """What identifies a key set: each key's id, endorsements and public JWK material."""
+    return frozenset((key_id, key.fingerprint) for key_id, key in keys.items())
+
+
 def _parse_key(entry: Any) -> SigningKey | None:
     if not isinstance(entry, dict):
         return None
@@ -191,4 +216,5 @@ def _parse_key(entry: Any) -> SigningKey | None:
     except (PyJWKError, PyJWTError, ValueError, TypeError):
         log.warning("teams_signing_key_unusable", key_id=key_id)
         return None
-    return SigningKey(key_id=key_id, key=jwk, endorsements=endorsements)
+    fingerprint = json.dumps(entry, sort_keys=True, separators=(",", ":"), default=str)
+    return SigningKey(key_id=key_id, key=jwk, endorsements=endorsements, fingerprint=fingerprint)

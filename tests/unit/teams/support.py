@@ -111,11 +111,17 @@ def claims(**overrides: Any) -> dict[str, Any]:
 
 
 class StaticKeys:
-    """A ``KeySource`` with fixed keys that counts lookups."""
+    """A ``KeySource`` with fixed keys that counts lookups; ``rotate`` replaces the keys."""
 
     def __init__(self, *pairs: KeyPair) -> None:
         self._keys = {p.key_id: p.signing_key() for p in pairs}
         self.lookups: list[str] = []
+        self.generation = 1
+
+    def rotate(self, *pairs: KeyPair) -> None:
+        """The channel publishes a new key set (what ``OpenIdKeySource`` does on a fetch)."""
+        self._keys = {p.key_id: p.signing_key() for p in pairs}
+        self.generation += 1
 
     async def signing_key(self, key_id: str) -> SigningKey | None:
         self.lookups.append(key_id)

@@ -41,6 +41,7 @@ class FakeKeys:
         self.failures = failures
         self.loaded = False
         self.attempts = 0
+        self.generation = 0
 
     async def refresh(self) -> None:
         self.attempts += 1

@@ -205,3 +205,28 @@ async def test_while_no_keys_were_ever_fetched_lookups_are_unavailable_not_unkno
     channel.keys = [pair.jwk()]
     clock.advance(61)
     assert await keys.signing_key("k1") is not None
+
+
+async def test_the_generation_moves_only_when_the_keys_change(
+    channel: Channel, session: aiohttp.ClientSession, pair: s.KeyPair
+) -> None:
+    clock = FakeClock()
+    keys = source(channel, session, clock)
+    channel.keys = [pair.jwk()]
+    await keys.refresh()
+    first = keys.generation
+    clock.advance(3601)  # old keys: fetched again, the same set
+    assert await keys.signing_key("k1") is not None
+    assert channel.hits == ["metadata", "keys"] * 2
+    assert keys.generation == first
+    successor = s.KeyPair(key_id="k2")
+    channel.keys = [pair.jwk(), successor.jwk()]  # a key added
+    clock.advance(61)
+    assert await keys.signing_key("k2") is not None
+    assert keys.generation == first + 1
+    channel.keys = [successor.jwk()]  # a key removed
+    await keys.refresh()
+    assert keys.generation == first + 2
+    channel.keys = [{**successor.jwk(), "endorsements": ["skype"]}]  # a key changed
+    await keys.refresh()
+    assert keys.generation == first + 3
