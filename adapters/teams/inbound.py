@@ -4,12 +4,14 @@ For each request, in this order, stopping at the first failure:
 
 1. intake running, else 503 (Teams delivers again later);
 2. body size within ``teams.max_activity_bytes``, else 413;
-3. the bearer token (``auth.InboundAuthenticator.authenticate``), else 401; the
-   body is not read for an unauthenticated request;
+3. the bearer token (``auth.InboundAuthenticator.authenticate``; a token verified
+   before is not verified again), else 401; the body is not read for an
+   unauthenticated request;
 4. JSON and activity shape, else 400;
 5. the token's serviceurl claim, the channel, tenant and serviceUrl allow-lists
    (``authorize``), else 401 or 403;
-6. the conversation reference stored (StateStore ``teams_conversations``);
+6. the conversation reference stored (StateStore ``teams_conversations``; a channel
+   thread's channel, and nothing when the stored one is unchanged, see ``references``);
 7. the events handed to the sink, which returns once they are durable;
 8. 200 with an empty body.
 

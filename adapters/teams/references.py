@@ -1,10 +1,17 @@
 """Conversation references: what a proactive send needs, kept in the core's StateStore.
 
 Namespace ``teams_conversations``, keyed by conversation id. Every accepted
-activity refreshes the reference of its conversation; for a channel thread the
-channel's own reference is kept too, so a new thread can be started there. A
-bounded in-memory cache saves the write when nothing changed (and the read on
-sends); the store is the truth, so references survive restarts.
+activity refreshes the reference of its conversation. A channel thread
+(``<channel id>;messageid=<root>``) has no record of its own: its channel's is kept,
+and the thread's reference is derived from it when a send needs one, so a post
+that starts a thread costs no write when its channel's reference is stored
+already. Chats keep their own. A bounded in-memory cache saves the write when
+nothing changed (and the read on sends); concurrent reads of one conversation
+share one round trip; the store is the truth, so references survive restarts.
+
+A thread's reference is found, in this order: in the cache; stored under the
+thread's own id (earlier versions of the bridge kept one per thread); derived
+from the channel's.
 
 A stored reference whose serviceUrl the settings no longer allow is not handed
 out (the bot's token must never leave the serviceUrl allow-list).
@@ -12,14 +19,15 @@ out (the bot's token must never leave the serviceUrl allow-list).
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, replace
+from typing import Any, Final, Generic, TypeVar
 
 import structlog
 
-from adapters.teams.activity import TeamsActivity
+from adapters.teams.activity import THREAD_MARKER, TeamsActivity
 from adapters.teams.ids import (
     ConversationReference,
     TeamsConversationID,
@@ -31,6 +39,9 @@ from bridge.ports import Clock, StateStore
 log = structlog.get_logger(__name__)
 
 NAMESPACE = "teams_conversations"
+_DERIVED: Final = None
+"""Cached for a thread: no record under its own id, derived from its channel's."""
+_T = TypeVar("_T")
 
 
 def reference_from(activity: TeamsActivity, *, app_id: str) -> ConversationReference | None:
@@ -53,7 +64,7 @@ def reference_from(activity: TeamsActivity, *, app_id: str) -> ConversationRefer
 
 def channel_reference(reference: ConversationReference) -> ConversationReference | None:
     """The reference of the channel a thread reference belongs to (None if not a thread)."""
-    base, marker, _ = reference.conversation_id.partition(";messageid=")
+    base, marker, _ = reference.conversation_id.partition(THREAD_MARKER)
     if not marker or reference.conversation_type != "channel":
         return None
     return ConversationReference(
@@ -65,6 +76,13 @@ def channel_reference(reference: ConversationReference) -> ConversationReference
         team_id=reference.team_id,
         channel_id=reference.channel_id or base,
     )
+
+
+def thread_reference(
+    channel: ConversationReference, thread_id: TeamsConversationID
+) -> ConversationReference:
+    """The reference of a thread in ``channel``: the channel's, addressed to the thread."""
+    return replace(channel, conversation_id=thread_id)
 
 
 class StoredConversationReferences:
@@ -82,21 +100,14 @@ class StoredConversationReferences:
         self._clock = clock
         self._cache_size = cache_size
         self._allowed = service_url_allowed
-        self._cache: OrderedDict[str, ConversationReference] = OrderedDict()
+        self._cache: OrderedDict[str, ConversationReference | None] = OrderedDict()
+        """References by conversation id; ``_DERIVED`` for a thread without its own."""
+        self._loads: _SharedLoads[ConversationReference | None] = _SharedLoads(self._load)
 
     async def get(self, conversation_id: TeamsConversationID) -> ConversationReference | None:
-        reference = self._cache.get(conversation_id)
-        if reference is not None:
-            self._cache.move_to_end(conversation_id)
-        else:
-            document = await self._state.get(NAMESPACE, conversation_id)
-            if document is None:
-                return None
-            reference = _decode(document)
-            if reference is None:
-                log.warning("teams_conversation_reference_unreadable", conversation=conversation_id)
-                return None
-            self._remember(reference)
+        reference = await self._find(conversation_id)
+        if reference is None:
+            return None
         if self._allowed is not None and not self._allowed(reference.service_url):
             log.warning("teams_service_url_no_longer_allowed", conversation=conversation_id)
             return None
@@ -109,20 +120,113 @@ class StoredConversationReferences:
             return
         document: dict[str, Any] = {**asdict(reference), "updated_at": self._clock.now()}
         await self._state.put(NAMESPACE, reference.conversation_id, document)
-        self._remember(reference)
+        self._remember(reference.conversation_id, reference)
 
     async def record(self, reference: ConversationReference) -> None:
-        """Store a reference and, for a channel thread, its channel's."""
-        await self.put(reference)
+        """Store what an activity's reference needs: a chat's own, a channel thread's channel."""
         channel = channel_reference(reference)
-        if channel is not None:
-            await self.put(channel)
+        if channel is None:
+            await self.put(reference)
+            return
+        await self.put(channel)
+        self._remember(reference.conversation_id, _DERIVED)  # fresher than a record of its own
 
-    def _remember(self, reference: ConversationReference) -> None:
-        self._cache[reference.conversation_id] = reference
-        self._cache.move_to_end(reference.conversation_id)
+    async def _find(self, conversation_id: TeamsConversationID) -> ConversationReference | None:
+        base, marker, _ = conversation_id.partition(THREAD_MARKER)
+        if not marker:
+            return await self._base(conversation_id)
+        channel_id = TeamsConversationID(base)
+        if conversation_id in self._cache:
+            cached = self._cache[conversation_id]
+            self._cache.move_to_end(conversation_id)
+            if cached is not None:
+                return cached
+        else:
+            own = await self._thread_record(conversation_id, channel_id)
+            if own is not None:
+                return own
+        channel = await self._base(channel_id)
+        return thread_reference(channel, conversation_id) if channel is not None else None
+
+    async def _thread_record(
+        self, thread_id: TeamsConversationID, channel_id: TeamsConversationID
+    ) -> ConversationReference | None:
+        """A thread's record of its own (an earlier version's), read in the same round trip
+        as its channel's when that is not cached; remembered either way."""
+        if channel_id in self._cache:
+            own = await self._loads(thread_id)
+        else:
+            own, _ = await asyncio.gather(self._loads(thread_id), self._base(channel_id))
+        self._remember(thread_id, own if own is not None else _DERIVED)
+        return own
+
+    async def _base(self, conversation_id: TeamsConversationID) -> ConversationReference | None:
+        """A conversation's own reference (a channel's, a chat's): cached, else read."""
+        cached = self._cache.get(conversation_id)
+        if cached is not None:
+            self._cache.move_to_end(conversation_id)
+            return cached
+        reference = await self._loads(conversation_id)
+        if reference is not None:
+            self._remember(conversation_id, reference)
+        return reference
+
+    async def _load(self, conversation_id: str) -> ConversationReference | None:
+        document = await self._state.get(NAMESPACE, conversation_id)
+        if document is None:
+            return None
+        reference = _decode(document)
+        if reference is None:
+            log.warning("teams_conversation_reference_unreadable", conversation=conversation_id)
+        return reference
+
+    def _remember(self, conversation_id: str, reference: ConversationReference | None) -> None:
+        self._cache[conversation_id] = reference
+        self._cache.move_to_end(conversation_id)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+
+
+class _SharedLoads(Generic[_T]):
+    """Concurrent loads of one key share one call of ``load``: its result or its error.
+
+    A waiter whose loader was cancelled (and who was not) loads again itself.
+    """
+
+    def __init__(self, load: Callable[[str], Awaitable[_T]]) -> None:
+        self._load = load
+        self._pending: dict[str, asyncio.Future[_T]] = {}
+
+    async def __call__(self, key: str) -> _T:
+        while (pending := self._pending.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if pending.cancelled() and task is not None and not task.cancelling():
+                    continue  # the loader gave up, this caller did not: load again
+                raise
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)
+        self._pending[key] = future
+        try:
+            value = await self._load(key)
+        except Exception as exc:
+            future.set_exception(exc)
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            del self._pending[key]
+        future.set_result(value)
+        return value
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a shared load's error as seen: the loader itself raised it."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _decode(document: dict[str, Any]) -> ConversationReference | None:

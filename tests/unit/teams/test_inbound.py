@@ -13,10 +13,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from adapters.teams.activity import parse_activity
 from adapters.teams.auth import InboundAuthenticator
 from adapters.teams.convert import ActivityConverter
+from adapters.teams.ids import TeamsConversationID
 from adapters.teams.inbound import MESSAGES_PATH, MessagingEndpoint
-from adapters.teams.references import NAMESPACE, StoredConversationReferences
+from adapters.teams.references import NAMESPACE, StoredConversationReferences, reference_from
 from bridge.clock import SystemClock
 from bridge.errors import DependencyUnavailableError, StoreError
 from bridge.ids import UlidFactory
@@ -55,6 +57,8 @@ class SlowSink:
 
 
 class BrokenKeys:
+    generation = 0
+
     async def signing_key(self, key_id: str) -> Any:
         raise DependencyUnavailableError("teams signing keys", "down")
 
@@ -124,17 +128,19 @@ async def test_a_message_is_stored_then_acknowledged(setup: Setup) -> None:
     (event,) = await setup.events()
     assert event.kind is Kind.MESSAGE
     assert event.origin.message_id == s.ROOT_ID
-    reference = await setup.state.get(NAMESPACE, s.THREAD)
-    assert reference is not None
-    assert reference["service_url"] == s.SERVICE_URL
-    assert reference["tenant_id"] == s.TENANT
-    assert reference["conversation_type"] == "channel"
-    assert reference["bot_id"] == s.BOT_ID
-    assert reference["team_id"] == s.TEAM
-    assert reference["channel_id"] == s.CHANNEL
-    channel = await setup.state.get(NAMESPACE, s.CHANNEL)
+    channel = await setup.state.get(NAMESPACE, s.CHANNEL)  # a thread has no record of its own
     assert channel is not None
     assert channel["conversation_id"] == s.CHANNEL
+    assert channel["service_url"] == s.SERVICE_URL
+    assert channel["tenant_id"] == s.TENANT
+    assert channel["conversation_type"] == "channel"
+    assert channel["bot_id"] == s.BOT_ID
+    assert channel["team_id"] == s.TEAM
+    assert channel["channel_id"] == s.CHANNEL
+    assert await setup.state.get(NAMESPACE, s.THREAD) is None
+    reader = StoredConversationReferences(setup.state, clock=FakeClock(), cache_size=16)
+    thread = await reader.get(TeamsConversationID(s.THREAD))  # derived from the channel's
+    assert thread == reference_from(parse_activity(s.message()), app_id=s.APP_ID)
 
 
 async def test_a_redelivered_activity_is_acknowledged_and_stored_once(setup: Setup) -> None:
@@ -175,6 +181,7 @@ async def test_bad_tokens_store_nothing(setup: Setup, claims: dict[str, Any], st
     assert await setup.post(s.message(), **claims) == status
     assert await setup.events() == []
     assert await setup.state.get(NAMESPACE, s.THREAD) is None
+    assert await setup.state.get(NAMESPACE, s.CHANNEL) is None
 
 
 async def test_no_token_is_401_and_the_body_is_not_needed(setup: Setup) -> None:
@@ -191,6 +198,7 @@ async def test_foreign_tenant_and_disallowed_service_url_are_403(setup: Setup) -
         assert await setup.post(s.variant(s.message(), serviceUrl=url), serviceurl=url) == 403
     assert await setup.events() == []
     assert await setup.state.get(NAMESPACE, s.THREAD) is None
+    assert await setup.state.get(NAMESPACE, s.CHANNEL) is None
 
 
 async def test_malformed_bodies_are_400(setup: Setup) -> None:
@@ -259,9 +267,49 @@ async def test_unreachable_signing_keys_are_503(key: s.KeyPair) -> None:
         )
         assert response.status == 503
     assert await state.get(NAMESPACE, s.THREAD) is None
+    assert await state.get(NAMESPACE, s.CHANNEL) is None
 
 
 async def test_echo_of_the_bot_is_acknowledged_and_not_stored(setup: Setup) -> None:
     own = s.message(sender_id=s.BOT_ID, sender_aad=None, sender_name="Incident Bridge")
     assert await setup.post(own) == 200
     assert await setup.events() == []
+
+
+class CountingState(MemoryStateStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    async def put(self, namespace: str, key: str, value: Any) -> None:
+        self.writes.append(key)
+        await super().put(namespace, key, value)
+
+    async def insert_once(self, namespace: str, key: str, value: Any) -> bool:
+        self.writes.append(key)
+        return await super().insert_once(namespace, key, value)
+
+
+async def test_posts_in_a_known_channel_write_no_reference_and_reuse_the_verified_token(
+    key: s.KeyPair,
+) -> None:
+    state = CountingState()
+    keys = s.StaticKeys(key)
+    endpoint = endpoint_for(keys, state)
+    endpoint.attach(FakeSinkAccepting())
+    app = web.Application()
+    app.add_routes(endpoint.routes())
+    headers = {"Authorization": f"Bearer {key.sign(s.claims())}"}
+    async with TestClient(TestServer(app)) as client:
+        for n in range(5):  # five posts, each starting a thread of its own
+            root = str(1730462400200 + n)
+            activity = s.message(activity_id=root, conversation=f"{s.CHANNEL};messageid={root}")
+            response = await client.post(MESSAGES_PATH, json=activity, headers=headers)
+            assert response.status == 200
+    assert state.writes == [s.CHANNEL]  # the channel's reference, once
+    assert keys.lookups == [key.key_id]  # the channel's token, verified once
+
+
+class FakeSinkAccepting:
+    async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
+        return [None for _ in events]
