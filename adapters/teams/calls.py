@@ -7,37 +7,33 @@
 - 412, 408, 5xx, timeouts, lost connections: exponential backoff with jitter,
   for at most ``max_attempts`` attempts, then a ``RetryableDeliveryError`` for
   the core's outbox to retry later.
-- A create (send or reply) that may have been carried out (a timeout or a 5xx)
-  is recorded as ambiguous for each idempotency key it carries and made once
-  more at most; a second such outcome is final (``PermanentDeliveryError``).
-  Updates and deletes are idempotent and retried freely.
+- A create (send or reply) is marked in flight before each attempt (the first
+  mark is made when the create is opened, see ``creates``); one that may have
+  been carried out (a timeout or a 5xx) is recorded as ambiguous for each
+  idempotency key it carries and made once more at most; a second such outcome
+  is final (``PermanentDeliveryError``). Every such record is written for all
+  the keys of a combined activity at once. Updates and deletes are idempotent
+  and retried freely.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import TypeVar
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from adapters.teams.connector import ConnectorRetryableError
+from adapters.teams.creates import AMBIGUOUS_BUDGET, CreateRecords
 from adapters.teams.ids import TeamsActivityID, TeamsConversationID
 from adapters.teams.pacing import Pacer, PacingSettings, Sleep, backoff_delay
-from adapters.teams.records import AmbiguousSendRecorder
-from bridge.errors import (
-    BridgeError,
-    PermanentDeliveryError,
-    RetryableDeliveryError,
-    StoreError,
-)
+from bridge.errors import PermanentDeliveryError, RetryableDeliveryError
 from bridge.metrics import BridgeMetrics
 
 log = structlog.get_logger(__name__)
 
-AMBIGUOUS_BUDGET: Final = 2
-"""Creates of unknown outcome allowed per idempotency key: the first and one retry."""
 _T = TypeVar("_T")
 
 
@@ -110,14 +106,12 @@ class PacedCalls:
         settings: PacingSettings,
         sleep: Sleep,
         jitter: Callable[[], float],
-        ambiguous: AmbiguousSendRecorder,
         metrics: OutboundMetrics,
     ) -> None:
         self._pacer = pacer
         self._settings = settings
         self._sleep = sleep
         self._jitter = jitter
-        self._ambiguous = ambiguous
         self._metrics = metrics
 
     async def acquire(self, address: Address) -> None:
@@ -133,16 +127,18 @@ class PacedCalls:
         address: Address,
         request: Callable[[], Awaitable[_T]],
         *,
-        create_keys: Sequence[str] | None = None,
+        creates: CreateRecords | None = None,
         prior_ambiguous: int = 0,
         slot_held: bool = False,
     ) -> _T:
         """Make one connector call within the limits, retrying what may be retried.
 
-        ``create_keys`` marks a create and names the idempotency keys it carries
-        (several for a combined activity); ``prior_ambiguous`` counts creates of
-        unknown outcome made for them before; ``slot_held`` says the first
-        attempt's slot is already taken.
+        ``creates`` marks a create and holds the records of the idempotency keys it
+        carries (several for a combined activity): marked in flight before each
+        attempt, not sent or ambiguous by its outcome; the caller records what a
+        successful create produced (``CreateRecords.delivered``). ``prior_ambiguous``
+        counts creates of unknown outcome made for them before; ``slot_held`` says the
+        first attempt's slot is already taken.
         """
         settings = self._settings
         attempts = 0
@@ -152,21 +148,21 @@ class PacedCalls:
                 await self.acquire(address)
             slot_held = False
             attempts += 1
-            if create_keys is not None:
-                await self._mark_in_flight(create_keys, address)
+            if creates is not None:
+                await creates.started()
             try:
                 result = await request()
             except ConnectorRetryableError as exc:
-                if create_keys is not None and not exc.ambiguous:
-                    await self._not_sent(create_keys)
+                if creates is not None and not exc.ambiguous:
+                    await creates.not_sent()
                 if exc.status == 429:
                     pause = self._rate_limited(address, exc)
                     if pause > settings.max_retry_after_s or attempts >= settings.max_attempts:
                         raise RetryableDeliveryError(str(exc), retry_after=pause) from exc
                     continue  # the pacer holds the conversation until the pause is over
-                if create_keys is not None and exc.ambiguous:
+                if creates is not None and exc.ambiguous:
                     ambiguous += 1
-                    await self._record_ambiguous(create_keys, address, exc.reason)
+                    await self._record_ambiguous(creates, address, exc.reason)
                     if ambiguous >= AMBIGUOUS_BUDGET:
                         raise PermanentDeliveryError(
                             f"{exc}; the create may have been delivered and was already sent "
@@ -183,8 +179,6 @@ class PacedCalls:
                     raise RetryableDeliveryError(str(exc), retry_after=backoff) from exc
                 await self._sleep(backoff)
                 continue
-            if create_keys is not None:
-                await self._record_delivered(create_keys, result)
             return result
 
     def _rate_limited(self, address: Address, exc: ConnectorRetryableError) -> float:
@@ -197,41 +191,14 @@ class PacedCalls:
         )
         return pause
 
-    async def _mark_in_flight(self, keys: Sequence[str], address: Address) -> None:
-        """Note a create before making it: if the process dies before the answer, the next
-        one knows this create may have been delivered (and flags a resend as ambiguous)."""
-        try:
-            for key in keys:
-                await self._ambiguous.record_in_flight(key, address.conversation_id)
-        except StoreError as exc:
-            raise RetryableDeliveryError(f"cannot record the create: {exc}") from exc
-
-    async def _not_sent(self, keys: Sequence[str]) -> None:
-        try:
-            for key in keys:
-                await self._ambiguous.record_not_sent(key)
-        except StoreError as exc:
-            log.error("teams_ambiguous_record_failed", error=str(exc))  # noqa: TRY400
-
-    async def _record_ambiguous(self, keys: Sequence[str], address: Address, reason: str) -> None:
-        self._metrics.ambiguous_creates.labels(reason=reason).inc(len(keys))
+    async def _record_ambiguous(
+        self, creates: CreateRecords, address: Address, reason: str
+    ) -> None:
+        self._metrics.ambiguous_creates.labels(reason=reason).inc(len(creates))
         log.warning(
             "teams_create_ambiguous",
             conversation=address.conversation_key,
             reason=reason,
-            messages=len(keys),
+            messages=len(creates),
         )
-        for key in keys:
-            try:
-                await self._ambiguous.record_ambiguous(key, address.conversation_id, reason)
-            except BridgeError as exc:
-                log.error("teams_ambiguous_record_failed", error=str(exc))  # noqa: TRY400
-
-    async def _record_delivered(self, keys: Sequence[str], result: object) -> None:
-        if not isinstance(result, str):
-            return
-        for key in keys:
-            try:
-                await self._ambiguous.record_delivered(key, TeamsActivityID(result))
-            except BridgeError as exc:
-                log.error("teams_ambiguous_record_failed", error=str(exc))  # noqa: TRY400
+        await creates.ambiguous(reason)

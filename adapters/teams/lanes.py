@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -182,6 +182,11 @@ class Lanes(Generic[OpT]):
         slot = lane.queue.popleft()
         self._depth.dec()
         return slot
+
+    def put_back(self, lane: Lane[OpT], slots: Sequence[Slot[OpT]]) -> None:
+        """Return popped slots to the head of the queue, in their order (served next)."""
+        lane.queue.extendleft(reversed(slots))
+        self._depth.inc(len(slots))
 
     async def close(self) -> None:
         """Cancel every worker (bounded wait); fail what is still queued. Idempotent."""

@@ -13,7 +13,12 @@ served in order by one worker task:
    activity (one line each, attribution kept, order kept, within the size
    limit): a flood is coalesced, never dropped. Replies, messages with
    images, edits and deletes are sent one by one.
-3. The call is made. A 429 pauses the conversation for ``Retry-After``; 412
+3. A create is opened (``creates``): each idempotency key it carries is
+   marked in flight, for all of them at once; a key the bridge sent before is
+   judged by its record (delivered already: answered without a call; too many
+   creates of unknown outcome: refused; one before: sent alone). Keys that
+   cannot go in the combined activity go back to the head of the queue.
+4. The call is made. A 429 pauses the conversation for ``Retry-After``; 412
    and 5xx back off exponentially with jitter, for a bounded number of
    attempts, then the error goes to the caller (the core's outbox retries
    later). A create that timed out or got a 5xx may have been delivered:
@@ -37,18 +42,28 @@ from typing import Any, Final, Protocol
 import aiohttp
 import structlog
 
-from adapters.teams.calls import AMBIGUOUS_BUDGET, Address, OutboundMetrics, PacedCalls
+from adapters.teams.calls import Address, OutboundMetrics, PacedCalls
 from adapters.teams.connector import ConnectorClient
+from adapters.teams.creates import (
+    CreateRecords,
+    Delivered,
+    Exhausted,
+    Pending,
+    Ready,
+    open_creates,
+    save_all,
+)
 from adapters.teams.ids import (
     ConversationReferences,
     TeamsActivityID,
     TeamsConversationID,
     TokenProvider,
 )
-from adapters.teams.lanes import Done, Lane, Lanes, Slot
+from adapters.teams.lanes import Lane, Lanes, Slot
 from adapters.teams.pacing import Pacer, PacingSettings, Sleep
 from adapters.teams.records import (
     ActivityLayout,
+    AmbiguousSend,
     AmbiguousSendRecorder,
     LayoutLine,
     LayoutStore,
@@ -125,7 +140,8 @@ class _Operation:
     """For a delete: the timeline event of the deleted message (to find its line)."""
     sender: RemoteUserID | None = None
     """For a delete: who deleted (to find their line when ``original`` is unknown)."""
-    prior_ambiguous: int = 0
+    known: AmbiguousSend | None = None
+    """For a send put back in its queue: its ambiguous-send record as stored."""
     content: Content | None = None
     """For an update: the content to put, and whether it is dressed (``dressed``)."""
     dressed: bool = True
@@ -162,7 +178,6 @@ class TeamsSender:
             settings=settings,
             sleep=sleep or asyncio.sleep,
             jitter=jitter or random.SystemRandom().random,
-            ambiguous=ambiguous,
             metrics=self._metrics,
         )
         self._connector = ConnectorClient(
@@ -292,39 +307,16 @@ class TeamsSender:
         slot = self._lanes.reserve(split_thread(target.room.room_id)[0], key)
         await self._lanes.run(slot, prepare())
 
-    async def _prepare_send(self, message: OutboundMessage, key: str) -> _Operation | Done:
+    async def _prepare_send(self, message: OutboundMessage, key: str) -> _Operation:
         address = await self._address(
             message.target.room_id, reply_to=message.reply_to, thread_root=message.thread_root
         )
-        try:
-            record = await self._ambiguous.lookup(key)
-        except StoreError as exc:
-            raise RetryableDeliveryError(f"ambiguous-send record unavailable: {exc}") from exc
-        prior = 0
-        if record is not None:
-            if record.activity_id is not None:  # delivered by a retry after an ambiguous create
-                ref = RemoteRef(room=message.target, message_id=RemoteMessageID(record.activity_id))
-                self._remember(key, ref)
-                return Done(ref)
-            if record.in_flight:
-                # A create was under way when an earlier process died: it may have posted.
-                attempts = await self._ambiguous.record_ambiguous(
-                    key, address.conversation_id, "interrupted"
-                )
-                record = replace(record, attempts=attempts)
-            if record.attempts >= AMBIGUOUS_BUDGET:
-                raise PermanentDeliveryError(
-                    "an earlier create of this message may have been delivered and was already "
-                    "sent again once: not sending it a third time (recorded as ambiguous)"
-                )
-            prior = record.attempts
         return _Operation(
             kind=OperationKind.SEND,
             key=key,
             address=address,
             message=message,
             line=render(message.event),
-            prior_ambiguous=prior,
         )
 
     def _remember(self, key: str, ref: RemoteRef | None) -> None:
@@ -350,7 +342,7 @@ class TeamsSender:
             after = self._lanes.peek(lane)
             if after is None or after.operation is None:
                 continue  # the callers gave up while waiting: the slot goes unused
-            await self._execute(self._take_batch(lane))
+            await self._execute(lane, self._take_batch(lane))
 
     def _coalescable(self, slot: Slot[_Operation] | None) -> bool:
         operation = slot.operation if slot is not None else None
@@ -360,7 +352,7 @@ class TeamsSender:
             and operation.line is not None
             and not operation.line.attachments
             and operation.address.reply_to is None
-            and operation.prior_ambiguous == 0
+            and (operation.known is None or operation.known.attempts == 0)
             and operation.key not in self._partial
             and activity_size(operation.line.content()) <= self._settings.max_activity_bytes
         )
@@ -387,24 +379,114 @@ class TeamsSender:
             batch.append(self._lanes.pop(lane))
         return batch
 
-    async def _execute(self, batch: list[Slot[_Operation]]) -> None:
+    async def _execute(self, lane: Lane[_Operation], batch: list[Slot[_Operation]]) -> None:
         """Carry out one batch (its first call's slot is taken); settle every caller."""
         head = _prepared(batch[0])
-        refs: list[RemoteRef | None]
+        if head.kind is not OperationKind.SEND:
+            await self._carry_out(batch, lambda: self._modify(head))
+            return
+        opened = await self._open(lane, batch)
+        if opened is not None:
+            slots, records = opened
+            await self._carry_out(slots, lambda: self._send(slots, records))
+
+    async def _open(
+        self, lane: Lane[_Operation], batch: list[Slot[_Operation]]
+    ) -> tuple[list[Slot[_Operation]], CreateRecords] | None:
+        """Open the create of a batch of sends (``creates.open_creates``, one round trip for
+        keys never sent before). Settles the sends that need no call; puts back in the
+        queue those that cannot go in this activity. What is to be sent now, or None."""
+        operations = [_prepared(slot) for slot in batch]
         try:
-            if head.kind is OperationKind.SEND and len(batch) > 1:
-                refs = [*await self._send_combined([_prepared(slot) for slot in batch])]
-            elif head.kind is OperationKind.SEND:
-                refs = [await self._send_one(head)]
-            elif head.kind is OperationKind.EDIT:
-                await self._edit(head)
-                refs = [None]
-            elif head.kind is OperationKind.UPDATE:
-                await self._put(head)
-                refs = [None]
+            openings = await open_creates(
+                self._ambiguous,
+                [Pending(operation.key, operation.known) for operation in operations],
+                operations[0].address.conversation_id,
+                now=self._clock.now,
+            )
+        except asyncio.CancelledError:
+            stopped = RetryableDeliveryError("the Teams sender stopped during the call")
+            for slot in batch:
+                slot.settle(error=stopped)
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error goes to the callers
+            log.warning(
+                "teams_operation_failed",
+                operation=OperationKind.SEND.value,
+                conversation=operations[0].address.conversation_key,
+                error=str(exc),
+                retryable=getattr(exc, "retryable", False),
+            )
+            for slot in batch:
+                slot.settle(error=exc)
+            return None
+        ready: list[tuple[Slot[_Operation], Ready]] = []
+        for slot, operation, opening in zip(batch, operations, openings, strict=True):
+            if isinstance(opening, Delivered):  # by an earlier attempt, maybe another process
+                ref = RemoteRef(
+                    room=_message(operation).target,
+                    message_id=RemoteMessageID(opening.activity_id),
+                )
+                self._remember(slot.key, ref)
+                slot.settle(ref)
+            elif isinstance(opening, Exhausted):
+                slot.settle(
+                    error=PermanentDeliveryError(
+                        "an earlier create of this message may have been delivered and was "
+                        "already sent again once: not sending it a third time "
+                        "(recorded as ambiguous)"
+                    )
+                )
             else:
-                await self._delete(head)
-                refs = [None]
+                ready.append((slot, opening))
+        if not ready:
+            return None
+        first = _first_create(ready)
+        if len(first) < len(ready):
+            await self._put_back(lane, ready[len(first) :])
+        records = CreateRecords(
+            self._ambiguous, [opening.record for _, opening in first], now=self._clock.now
+        )
+        return [slot for slot, _ in first], records
+
+    async def _put_back(
+        self, lane: Lane[_Operation], entries: Sequence[tuple[Slot[_Operation], Ready]]
+    ) -> None:
+        """Return sends to the head of the queue, not in flight any more and with their
+        records known, so each goes in the activity it may go in, in order."""
+        records = [opening.record.not_sent() for _, opening in entries]
+        await save_all(self._ambiguous, records)
+        for (slot, _), record in zip(entries, records, strict=True):
+            slot.operation = replace(_prepared(slot), known=record)
+        self._lanes.put_back(lane, [slot for slot, _ in entries])
+
+    async def _modify(self, operation: _Operation) -> list[RemoteRef | None]:
+        """An edit, an update or a delete."""
+        if operation.kind is OperationKind.EDIT:
+            await self._edit(operation)
+        elif operation.kind is OperationKind.UPDATE:
+            await self._put(operation)
+        else:
+            await self._delete(operation)
+        return [None]
+
+    async def _send(
+        self, slots: list[Slot[_Operation]], records: CreateRecords
+    ) -> list[RemoteRef | None]:
+        operations = [_prepared(slot) for slot in slots]
+        if len(operations) > 1:
+            return [*await self._send_combined(operations, records)]
+        return [await self._send_one(operations[0], records)]
+
+    async def _carry_out(
+        self,
+        batch: list[Slot[_Operation]],
+        run: Callable[[], Coroutine[Any, Any, list[RemoteRef | None]]],
+    ) -> None:
+        """Run the batch's call(s); settle every caller with its result or the error."""
+        head = _prepared(batch[0])
+        try:
+            refs = await run()
         except asyncio.CancelledError:
             stopped = RetryableDeliveryError("the Teams sender stopped during the call")
             for slot in batch:
@@ -427,12 +509,13 @@ class TeamsSender:
 
     # -- sends -----------------------------------------------------------------------------
 
-    async def _send_one(self, operation: _Operation) -> RemoteRef:
+    async def _send_one(self, operation: _Operation, records: CreateRecords) -> RemoteRef:
         line = _line(operation)
         message = _message(operation)
         address = operation.address
         contents = split(line, max_bytes=self._settings.max_activity_bytes)
         posted = list(self._partial.get(operation.key, ()))
+        prior = records.attempts
         slot_held = True
         for content in contents[len(posted) :]:
             try:
@@ -440,8 +523,8 @@ class TeamsSender:
                     await self._create(
                         address,
                         content,
-                        keys=(operation.key,),
-                        prior_ambiguous=operation.prior_ambiguous if not posted else 0,
+                        records=records,
+                        prior_ambiguous=prior if not posted else 0,
                         slot_held=slot_held,
                     )
                 )
@@ -467,15 +550,18 @@ class TeamsSender:
             )
         return RemoteRef(room=message.target, message_id=RemoteMessageID(posted[0]))
 
-    async def _send_combined(self, batch: list[_Operation]) -> list[RemoteRef]:
+    async def _send_combined(
+        self, batch: list[_Operation], records: CreateRecords
+    ) -> list[RemoteRef]:
         head = batch[0]
         lines = [_line(operation) for operation in batch]
         activity_id = await self._create(
             head.address,
             combine(lines),
-            keys=tuple(operation.key for operation in batch),
+            records=records,
             prior_ambiguous=0,
             slot_held=True,
+            record_delivered=False,
         )
         self._metrics.coalesced.inc(len(batch))
         log.info(
@@ -483,16 +569,15 @@ class TeamsSender:
             conversation=head.address.conversation_key,
             messages=len(batch),
         )
-        await self._save_layout(
-            ActivityLayout(
-                conversation_key=head.address.conversation_key,
-                parts=(activity_id,),
-                lines=tuple(
-                    _layout_line(_message(op).event, line)
-                    for op, line in zip(batch, lines, strict=True)
-                ),
-            )
+        layout = ActivityLayout(
+            conversation_key=head.address.conversation_key,
+            parts=(activity_id,),
+            lines=tuple(
+                _layout_line(_message(op).event, line)
+                for op, line in zip(batch, lines, strict=True)
+            ),
         )
+        await asyncio.gather(records.delivered(activity_id), self._save_layout(layout))
         return [
             RemoteRef(room=_message(op).target, message_id=RemoteMessageID(activity_id))
             for op in batch
@@ -503,10 +588,13 @@ class TeamsSender:
         address: Address,
         content: Content,
         *,
-        keys: Sequence[str],
+        records: CreateRecords,
         prior_ambiguous: int,
         slot_held: bool,
+        record_delivered: bool = True,
     ) -> TeamsActivityID:
+        """Post ``content``; record the activity as delivered for the keys (unless the caller
+        does, together with other writes)."""
         payload = activity(content, reply_to=address.reply_to)
 
         async def post() -> TeamsActivityID:
@@ -518,9 +606,12 @@ class TeamsSender:
                 address.service_url, address.conversation_id, payload
             )
 
-        return await self._calls.call(
-            address, post, create_keys=keys, prior_ambiguous=prior_ambiguous, slot_held=slot_held
+        activity_id = await self._calls.call(
+            address, post, creates=records, prior_ambiguous=prior_ambiguous, slot_held=slot_held
         )
+        if record_delivered:
+            await records.delivered(activity_id)
+        return activity_id
 
     # -- edits and deletes -------------------------------------------------------------
 
@@ -685,6 +776,19 @@ class TeamsSender:
             await self._layouts.delete(layout.conversation_key, layout.activity_id)
         except BridgeError as exc:
             log.error("teams_layout_not_dropped", error=str(exc))  # noqa: TRY400
+
+
+def _first_create(
+    ready: list[tuple[Slot[_Operation], Ready]],
+) -> list[tuple[Slot[_Operation], Ready]]:
+    """The sends that go in the next activity: the leading ones never sent with an unknown
+    outcome, or the first alone when it was."""
+    if ready[0][1].record.attempts > 0:
+        return ready[:1]
+    count = 1
+    while count < len(ready) and ready[count][1].record.attempts == 0:
+        count += 1
+    return ready[:count]
 
 
 def _prepared(slot: Slot[_Operation]) -> _Operation:

@@ -4,8 +4,11 @@
   idempotency key): a create that timed out or got a 5xx may have produced a
   message, and Teams has no idempotency key. Each such outcome is recorded;
   the sender allows one more create for the key and no further, across
-  retries of the outbox and restarts. A retry that succeeded records the
-  activity it produced, so a later call with the key returns it.
+  retries of the outbox and restarts. Every create is marked in flight before
+  it is made (the first one by inserting the record: one round trip), so a create
+  whose process died before the answer counts as one of unknown outcome. A create
+  that succeeded records the activity it produced, so a later call with the key
+  returns it. See ``creates`` for how the sender uses these records.
 - Activity layouts (namespace ``teams_outbound_layouts``, keyed by
   conversation and activity id): which lines a combined activity carries and
   which activities a split message was posted as, so an edit or a delete can
@@ -16,7 +19,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Protocol
 
 from adapters.teams.ids import TeamsActivityID, TeamsConversationID
@@ -29,40 +33,65 @@ LAYOUT_NAMESPACE = "teams_outbound_layouts"
 
 # -- ambiguous creates --------------------------------------------------------------
 
+MAX_REASONS = 10
+"""Reasons of unknown outcomes kept per key (the latest)."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AmbiguousSend:
+    """What is recorded for an idempotency key's creates; the transitions are pure."""
+
     idempotency_key: str
     conversation_id: TeamsConversationID
-    attempts: int
+    attempts: int = 0
     """Creates for this key whose outcome is unknown."""
-    reasons: tuple[str, ...]
+    reasons: tuple[str, ...] = ()
     activity_id: TeamsActivityID | None = None
-    """The activity a later attempt produced, if one succeeded."""
+    """The activity a create produced, once one succeeded."""
     in_flight: bool = False
-    """A create was started and its outcome never recorded (the process died meanwhile)."""
+    """A create was started and its outcome not recorded yet (if the process died
+    meanwhile, it may have been delivered)."""
+    first_at: datetime | None = None
+    last_at: datetime | None = None
+    """When the last create of unknown outcome was recorded."""
+    delivered_at: datetime | None = None
+
+    def started(self) -> AmbiguousSend:
+        """A create for the key is about to be made."""
+        return replace(self, in_flight=True)
+
+    def not_sent(self) -> AmbiguousSend:
+        """The create was refused for sure: nothing was posted."""
+        return replace(self, in_flight=False)
+
+    def ambiguous(self, reason: str, *, at: datetime) -> AmbiguousSend:
+        """One more create of unknown outcome (``MAX_REASONS`` reasons are kept)."""
+        return replace(
+            self,
+            attempts=self.attempts + 1,
+            in_flight=False,
+            reasons=(*self.reasons, reason)[-MAX_REASONS:],
+            last_at=at,
+        )
+
+    def delivered(self, activity_id: TeamsActivityID, *, at: datetime) -> AmbiguousSend:
+        """A create succeeded (after an ambiguous one there may be two copies)."""
+        return replace(self, in_flight=False, activity_id=activity_id, delivered_at=at)
 
 
 class AmbiguousSendRecorder(Protocol):
     """Where the sender records creates that may or may not have produced a message."""
 
+    async def claim(
+        self, idempotency_key: str, conversation_id: TeamsConversationID
+    ) -> AmbiguousSend | None:
+        """Record a first create for the key as under way, in one round trip, and return
+        that record; None, writing nothing, when the key has a record already."""
+
     async def lookup(self, idempotency_key: str) -> AmbiguousSend | None: ...
 
-    async def record_ambiguous(
-        self, idempotency_key: str, conversation_id: TeamsConversationID, reason: str
-    ) -> int:
-        """Record one more create of unknown outcome; return how many the key has now."""
-
-    async def record_delivered(self, idempotency_key: str, activity_id: TeamsActivityID) -> None:
-        """A create for the key succeeded (after an ambiguous one there may be two copies)."""
-
-    async def record_in_flight(
-        self, idempotency_key: str, conversation_id: TeamsConversationID
-    ) -> None:
-        """A create for the key is about to be made; cleared by ``record_delivered``."""
-
-    async def record_not_sent(self, idempotency_key: str) -> None:
-        """The create was refused for sure (nothing was posted): no longer in flight."""
+    async def save(self, record: AmbiguousSend) -> None:
+        """Replace the key's record (the sender is its only writer while it sends the key)."""
 
 
 class StateAmbiguousSends:
@@ -72,55 +101,44 @@ class StateAmbiguousSends:
         self._state = state
         self._clock = clock
 
+    async def claim(
+        self, idempotency_key: str, conversation_id: TeamsConversationID
+    ) -> AmbiguousSend | None:
+        record = AmbiguousSend(
+            idempotency_key=idempotency_key,
+            conversation_id=conversation_id,
+            in_flight=True,
+            first_at=self._clock.now(),
+        )
+        inserted = await self._state.insert_once(
+            AMBIGUOUS_NAMESPACE, idempotency_key, ambiguous_document(record)
+        )
+        return record if inserted else None
+
     async def lookup(self, idempotency_key: str) -> AmbiguousSend | None:
         document = await self._state.get(AMBIGUOUS_NAMESPACE, idempotency_key)
         return _ambiguous_from(idempotency_key, document) if document else None
 
-    async def record_ambiguous(
-        self, idempotency_key: str, conversation_id: TeamsConversationID, reason: str
-    ) -> int:
-        now = self._clock.now()
-        document = await self._state.get(AMBIGUOUS_NAMESPACE, idempotency_key) or {
-            "conversation_id": conversation_id,
-            "attempts": 0,
-            "reasons": [],
-            "activity_id": None,
-            "first_at": now,
-        }
-        document["attempts"] = int(document.get("attempts", 0)) + 1
-        document["in_flight"] = False
-        document["reasons"] = [*document.get("reasons", []), reason][-10:]
-        document["last_at"] = now
-        await self._state.put(AMBIGUOUS_NAMESPACE, idempotency_key, document)
-        return int(document["attempts"])
+    async def save(self, record: AmbiguousSend) -> None:
+        await self._state.put(
+            AMBIGUOUS_NAMESPACE, record.idempotency_key, ambiguous_document(record)
+        )
 
-    async def record_in_flight(
-        self, idempotency_key: str, conversation_id: TeamsConversationID
-    ) -> None:
-        document = await self._state.get(AMBIGUOUS_NAMESPACE, idempotency_key) or {
-            "conversation_id": conversation_id,
-            "attempts": 0,
-            "reasons": [],
-            "activity_id": None,
-            "first_at": self._clock.now(),
-        }
-        document["in_flight"] = True
-        await self._state.put(AMBIGUOUS_NAMESPACE, idempotency_key, document)
 
-    async def record_not_sent(self, idempotency_key: str) -> None:
-        document = await self._state.get(AMBIGUOUS_NAMESPACE, idempotency_key)
-        if document is not None and document.get("in_flight"):
-            document["in_flight"] = False
-            await self._state.put(AMBIGUOUS_NAMESPACE, idempotency_key, document)
-
-    async def record_delivered(self, idempotency_key: str, activity_id: TeamsActivityID) -> None:
-        document = await self._state.get(AMBIGUOUS_NAMESPACE, idempotency_key)
-        if document is None:
-            return
-        document["in_flight"] = False
-        document["activity_id"] = activity_id
-        document["delivered_at"] = self._clock.now()
-        await self._state.put(AMBIGUOUS_NAMESPACE, idempotency_key, document)
+def ambiguous_document(record: AmbiguousSend) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "conversation_id": record.conversation_id,
+        "attempts": record.attempts,
+        "reasons": list(record.reasons),
+        "activity_id": record.activity_id,
+        "first_at": record.first_at,
+        "in_flight": record.in_flight,
+    }
+    if record.last_at is not None:
+        document["last_at"] = record.last_at
+    if record.delivered_at is not None:
+        document["delivered_at"] = record.delivered_at
+    return document
 
 
 def _ambiguous_from(key: str, document: Mapping[str, Any]) -> AmbiguousSend:
@@ -132,7 +150,14 @@ def _ambiguous_from(key: str, document: Mapping[str, Any]) -> AmbiguousSend:
         reasons=tuple(str(r) for r in document.get("reasons", [])),
         activity_id=TeamsActivityID(activity_id) if isinstance(activity_id, str) else None,
         in_flight=bool(document.get("in_flight", False)),
+        first_at=_time(document.get("first_at")),
+        last_at=_time(document.get("last_at")),
+        delivered_at=_time(document.get("delivered_at")),
     )
+
+
+def _time(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None
 
 
 # -- activity layouts ---------------------------------------------------------------
