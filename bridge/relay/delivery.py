@@ -73,8 +73,8 @@ class DeliverySettings:
     """Rooms worked at once; each costs a task and a share of one lease renewal."""
     batch: int = 50
     max_hold_s: float = 10.0
-    """A busy room is given back (and leased again) after this long, so that more busy
-    rooms than ``max_rooms`` all get turns instead of some starving."""
+    """While rooms wait for a slot, a busy room is given back (and leased again) after
+    this long, so that more busy rooms than ``max_rooms`` all get turns."""
     linger_s: float = 2.0
     """An idle worker keeps its room this long, so the next message skips the lease round trip."""
     max_batch: int = 20
@@ -295,7 +295,9 @@ class DeliveryService:
                     if len(entries) >= self._settings.batch:
                         worked.wake.set()  # more behind this batch
                     blocked_until = await self._deliver_in_order(room, entries, worked)
-                    if blocked_until is not None or self._clock.monotonic() >= held_until:
+                    if blocked_until is not None or (
+                        self._starved and self._clock.monotonic() >= held_until
+                    ):
                         break  # a retry waits, or give the slot to rooms that wait for one
             except StoreError:
                 log.warning("delivery_store_failed")

@@ -12,7 +12,6 @@ its platform with an error and the platform delivers again.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -33,10 +32,10 @@ from bridge.model import (
     TimelineEvent,
 )
 from bridge.ports import ChatAdapter, Clock, TimelineStore
+from bridge.relay.link_table import LinkTable
 
 log = structlog.get_logger(__name__)
 
-LINK_CACHE_SIZE = 4096
 OVERLOAD_RETRY_S = 2.0
 """The Retry-After suggested with a request refused because of overload."""
 
@@ -56,7 +55,7 @@ class Intake:
         metrics: BridgeMetrics,
         adapters: Sequence[ChatAdapter],
         on_stored: Callable[[Sequence[AppendResult]], Awaitable[None]] | None = None,
-        link_cache_ttl_s: float = 5.0,
+        link_cache_ttl_s: float = 1.0,
         max_in_flight: int = 256,
     ) -> None:
         """``on_stored`` gets each batch of stored events (to wake delivery, run commands);
@@ -68,32 +67,16 @@ class Intake:
         self._metrics = metrics
         self._adapters = {a.platform: a for a in adapters}
         self._on_stored = on_stored
-        self._link_ttl = link_cache_ttl_s
-        self._links: OrderedDict[str, tuple[float, list[RoomLink]]] = OrderedDict()
+        self._links = LinkTable(store, max_age_s=link_cache_ttl_s)
         self._max_in_flight = max_in_flight
         self._in_flight = 0
 
     def forget_links(self) -> None:
         """Links changed: look them up afresh (called by the link service of this process)."""
-        self._links.clear()
+        self._links.forget()
 
     async def _links_of(self, room: RoomRef) -> list[RoomLink]:
-        """A room's links. Found links are kept for a few seconds (most traffic is in
-        linked rooms); "no link" is never kept, so a new link applies at once. An unlink
-        made by another replica applies within the TTL."""
-        now = time.monotonic()
-        hit = self._links.get(room.key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        links = await self._store.links_for(room)
-        if links:
-            self._links[room.key] = (now + self._link_ttl, links)
-            self._links.move_to_end(room.key)
-            while len(self._links) > LINK_CACHE_SIZE:
-                self._links.popitem(last=False)
-        else:
-            self._links.pop(room.key, None)
-        return links
+        return await self._links.links_of(room)
 
     def is_echo(self, event: InboundEvent) -> bool:
         adapter = self._adapters.get(event.sender.platform)

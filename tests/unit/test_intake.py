@@ -238,28 +238,61 @@ async def test_a_thread_is_covered_by_its_channels_link(
     assert [m.room for m in result.event.mirrors] == [MATRIX_ROOM]
 
 
-async def test_found_links_are_cached_and_dropped_when_links_change(
-    store: MemoryTimelineStore,
-) -> None:
-    intake = Intake(
-        store=store, clock=FakeClock(), ids=UlidFactory(), metrics=BridgeMetrics(), adapters=[]
+class CountingLinks(MemoryTimelineStore):
+    def __init__(self) -> None:
+        super().__init__(clock=FakeClock())
+        self.reads = 0
+
+    async def all_links(self) -> list[RoomLink]:
+        self.reads += 1
+        return await super().all_links()
+
+
+def _intake(store: MemoryTimelineStore, *, link_cache_ttl_s: float) -> Intake:
+    return Intake(
+        store=store,
+        clock=FakeClock(),
+        ids=UlidFactory(),
+        metrics=BridgeMetrics(),
+        adapters=[],
+        link_cache_ttl_s=link_cache_ttl_s,
     )
+
+
+async def test_links_are_read_once_per_interval_and_again_when_they_change() -> None:
+    store = CountingLinks()
+    intake = _intake(store, link_cache_ttl_s=3600)
     (unlinked,) = await intake.accept([_inbound("$u1")])
     assert unlinked is not None
-    assert unlinked.event.mirrors == ()  # "no link" is not cached...
+    assert unlinked.event.mirrors == ()
+    link = RoomLink(matrix_room=MATRIX_ROOM, teams_room=TEAMS_ROOM, created_at=FakeClock().now())
+    await store.save_link(link)  # as another replica would: seen after the interval
+    (stale,) = await intake.accept([_inbound("$u2")])
+    assert stale is not None
+    assert stale.event.mirrors == ()
+    intake.forget_links()  # what the link service of this process calls
+    results = await asyncio.gather(*(intake.accept([_inbound(f"$l{n}")]) for n in range(10)))
+    assert all(r[0] is not None and r[0].event.mirrors for r in results)
+    assert store.reads == 2  # concurrent lookups share one read
+    await store.remove_link(link)
+    intake.forget_links()
+    (unlinked_again,) = await intake.accept([_inbound("$u3")])
+    assert unlinked_again is not None
+    assert unlinked_again.event.mirrors == ()
+
+
+async def test_without_an_interval_every_request_sees_the_links_of_now() -> None:
+    store = CountingLinks()
+    intake = _intake(store, link_cache_ttl_s=0)
     link = RoomLink(matrix_room=MATRIX_ROOM, teams_room=TEAMS_ROOM, created_at=FakeClock().now())
     await store.save_link(link)
-    (linked,) = await intake.accept([_inbound("$u2")])
+    (linked,) = await intake.accept([_inbound("$n1")])
     assert linked is not None
-    assert [m.room for m in linked.event.mirrors] == [TEAMS_ROOM]  # ...so a new link applies
+    assert [m.room for m in linked.event.mirrors] == [TEAMS_ROOM]
     await store.remove_link(link)
-    (cached,) = await intake.accept([_inbound("$u3")])
-    assert cached is not None
-    assert cached.event.mirrors != ()  # found links are kept a few seconds
-    intake.forget_links()  # what the link service of this process calls
-    (fresh,) = await intake.accept([_inbound("$u4")])
-    assert fresh is not None
-    assert fresh.event.mirrors == ()
+    (unlinked,) = await intake.accept([_inbound("$n2")])
+    assert unlinked is not None
+    assert unlinked.event.mirrors == ()
 
 
 async def test_past_the_in_flight_limit_a_request_is_refused_at_once(
