@@ -188,11 +188,6 @@ class SettleCount:
 class _CountingMongoStore(MongoTimelineStore):
     settled: SettleCount | None = None
 
-    async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
-        await super().set_mirror(event_id, mirror)
-        if self.settled is not None and mirror.status is MirrorStatus.SENT:
-            self.settled.add()
-
     async def set_mirrors(self, updates: Sequence[tuple[EventID, Mirror]]) -> None:
         await super().set_mirrors(updates)
         for _, mirror in updates:
@@ -202,11 +197,6 @@ class _CountingMongoStore(MongoTimelineStore):
 
 class _CountingMemoryStore(MemoryTimelineStore):
     settled: SettleCount | None = None
-
-    async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
-        await super().set_mirror(event_id, mirror)
-        if self.settled is not None and mirror.status is MirrorStatus.SENT:
-            self.settled.add()
 
     async def set_mirrors(self, updates: Sequence[tuple[EventID, Mirror]]) -> None:
         await super().set_mirrors(updates)

@@ -149,8 +149,7 @@ class MemoryTimelineStore:
         return Page(events=events, next_cursor=next_cursor)
 
     async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
-        self._check()
-        self._set_mirror(event_id, mirror)
+        await self.set_mirrors([(event_id, mirror)])
 
     def _set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
         doc = self._events.get(event_id)

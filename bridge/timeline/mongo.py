@@ -188,40 +188,29 @@ class MongoTimelineStore:
         return Page(events=events, next_cursor=next_cursor)
 
     async def set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
-        await self._set_mirror(event_id, mirror)
-
-    async def _set_mirror(self, event_id: EventID, mirror: Mirror) -> None:
-        doc = codec.mirror_doc(mirror)
-        queue = {"queue": mirror.room.key}
-        queue_op = "$pull" if mirror.settled else "$addToSet"
-        async with store_errors("recording a mirror"):
-            result = await self._timeline.update_one(
-                {"_id": event_id, "mirrors.room_key": mirror.room.key},
-                {"$set": {"mirrors.$": doc}, queue_op: queue},
-            )
-            if result.matched_count == 0:
-                await self._timeline.update_one(
-                    {"_id": event_id}, {"$push": {"mirrors": doc}, queue_op: queue}
-                )
+        await self.set_mirrors([(event_id, mirror)])
 
     async def set_mirrors(self, updates: Sequence[tuple[EventID, Mirror]]) -> None:
         if not updates:
             return
+        # Addressed by _id with an array filter: some servers scan the collection for a
+        # positional update matched on the array field.
         ops = [
             UpdateOne(
-                {"_id": event_id, "mirrors.room_key": mirror.room.key},
-                {
-                    "$set": {"mirrors.$": codec.mirror_doc(mirror)},
-                    "$pull" if mirror.settled else "$addToSet": {"queue": mirror.room.key},
-                },
+                {"_id": event_id},
+                {"$set": {"mirrors.$[m]": codec.mirror_doc(mirror)}, **_queue_change(mirror)},
+                array_filters=[{"m.room_key": mirror.room.key}],
             )
             for event_id, mirror in updates
         ]
         async with store_errors("recording mirrors"):
             result = await self._timeline.bulk_write(ops, ordered=False)
-        if result.matched_count < len(ops):  # a mirror not stored yet: add it
-            for event_id, mirror in updates:
-                await self._set_mirror(event_id, mirror)
+            if result.modified_count < len(ops):  # unchanged, or a mirror not stored yet
+                for event_id, mirror in updates:
+                    await self._timeline.update_one(
+                        {"_id": event_id, "mirrors.room_key": {"$ne": mirror.room.key}},
+                        {"$push": {"mirrors": codec.mirror_doc(mirror)}, **_queue_change(mirror)},
+                    )
 
     async def set_incident(self, event_id: EventID, incident_id: IncidentID) -> None:
         async with store_errors("setting an incident"):
@@ -314,3 +303,8 @@ def _duplicate_positions(exc: BulkWriteError) -> set[int]:
     if any(e.get("code") != _DUPLICATE_KEY for e in errors):
         raise exc
     return {int(e["index"]) for e in errors}
+
+
+def _queue_change(mirror: Mirror) -> Doc:
+    """Off the event's queue once settled, on it while still owed."""
+    return {"$pull" if mirror.settled else "$addToSet": {"queue": mirror.room.key}}
