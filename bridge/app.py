@@ -256,7 +256,7 @@ def build_commands(bridge: Bridge, links: LinkService, delivery: DeliveryService
         registry=registry,
         authorizer=Authorizer(settings.commands, {a.platform: a for a in bridge.adapters}),
         metrics=bridge.metrics,
-        on_stored=delivery.notify,
+        on_stored=delivery.offer,
     )
     return CommandQueue(processor)
 

@@ -13,7 +13,7 @@ an unexpected error gets a short reference id in chat and a traceback in the log
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -53,7 +53,7 @@ class CommandProcessor:
         registry: CommandRegistry,
         authorizer: Authorizer,
         metrics: BridgeMetrics,
-        on_stored: Callable[[], None] | None = None,
+        on_stored: Callable[[Sequence[AppendResult]], None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -178,6 +178,6 @@ class CommandProcessor:
             incident_id=event.incident_id,
             data={"in_reply_to": event.id, "outcome": outcome},
         )
-        await self._store.append(reply, targets)
+        stored = await self._store.append(reply, targets)
         if self._on_stored is not None:
-            self._on_stored()
+            self._on_stored([stored])
