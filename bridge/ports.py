@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from bridge.errors import DeliveryError
+from bridge.incidents.model import Incident, IncidentFilter, IncidentPage
 from bridge.model import (
     AppendResult,
     Attachment,
@@ -289,3 +290,37 @@ class StateStore(Protocol):
     async def get(self, namespace: str, key: str) -> dict[str, Any] | None: ...
 
     async def delete(self, namespace: str, key: str) -> None: ...
+
+
+class IncidentStore(Protocol):
+    """Durable storage of incidents (their current state; the history is the timeline)."""
+
+    async def ensure_indexes(self) -> None: ...
+
+    async def next_id(self) -> IncidentID:
+        """A new, never reused ``INC-<number>``."""
+
+    async def create(self, incident: Incident) -> None:
+        """Store a new incident (``version`` 0); ``StoreError`` if its id exists."""
+
+    async def get(self, incident_id: IncidentID) -> Incident | None: ...
+
+    async def save(self, incident: Incident) -> Incident | None:
+        """Store ``incident`` if the stored one still has ``incident.version``; the stored
+        result (version + 1), or None when another change came first (read, reapply)."""
+
+    async def find(
+        self, query: IncidentFilter, *, cursor: str | None = None, limit: int = 50
+    ) -> IncidentPage:
+        """Incidents matching ``query``, most recently declared first, paged by cursor."""
+
+
+@runtime_checkable
+class SupportsHeader(Protocol):
+    async def put_header(
+        self, room: RoomRef, text: str, html: str, *, existing: RemoteMessageID | None
+    ) -> RemoteMessageID:
+        """Show an incident's header in ``room``, pinned where the platform pins messages:
+        posted (and pinned) when ``existing`` is None, else that message updated in place.
+        Returns the header's message id. A Teams thread created by ``create_room`` has
+        its root as header."""

@@ -71,6 +71,26 @@ class DeliveryOptions(Section):
     """Target rooms delivered to at once by this process."""
 
 
+class IncidentSettings(Section):
+    matrix_responders: tuple[str, ...] = ()
+    """MXIDs invited to every new incident's Matrix room."""
+    teams_channel: str | None = None
+    """The Teams channel (``19:...@thread.tacv2``) in which each incident gets its thread.
+    Without it, incidents get a Matrix room only."""
+    declare_rooms: tuple[str, ...] = ()
+    """Room ids (either platform) where ``!incident declare`` may be used besides linked
+    rooms. Empty: any linked room."""
+    key_event_reaction: str = "📌"
+    """A reaction with this key on any message in an incident room marks a key event."""
+    room_name_prefix: str = "incident"
+
+
+class ApiSettings(Section):
+    token: SecretStr | None = None
+    """Bearer token of the timeline API (give ``token_file`` to read it from a mounted
+    Secret). Without one, the API and the incident pages answer 503."""
+
+
 class LinkSettings(Section):
     """A room pair linked by configuration."""
 
@@ -92,3 +112,5 @@ class Settings(Section):
     links: tuple[LinkSettings, ...] = ()
     commands: CommandSettings = CommandSettings()
     delivery: DeliveryOptions = DeliveryOptions()
+    incidents: IncidentSettings = IncidentSettings()
+    api: ApiSettings = ApiSettings()
