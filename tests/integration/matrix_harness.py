@@ -106,8 +106,14 @@ class MatrixBridgeHarness:
             web_app=app,
         )
         self.adapter = create_adapter(context)
+        # Tests link rooms in the store directly: read the links on every event.
         intake = Intake(
-            store=self.store, clock=clock, ids=ids, metrics=metrics, adapters=[self.adapter]
+            store=self.store,
+            clock=clock,
+            ids=ids,
+            metrics=metrics,
+            adapters=[self.adapter],
+            link_cache_ttl_s=0.0,
         )
         await self.adapter.start(intake)
         self._runner = web.AppRunner(app, access_log=None)

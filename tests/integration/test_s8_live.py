@@ -123,7 +123,14 @@ async def start_teams_side(emulator: TeamsEmulator, mongo: MongoServer) -> Teams
     )
     adapter = create_adapter(context)
     await adapter.start(
-        Intake(store=store, clock=clock, ids=ids, metrics=metrics, adapters=[adapter])
+        Intake(  # links are made in the store directly: read them on every event
+            store=store,
+            clock=clock,
+            ids=ids,
+            metrics=metrics,
+            adapters=[adapter],
+            link_cache_ttl_s=0.0,
+        )
     )
     runner = web.AppRunner(web_app, access_log=None)
     await runner.setup()

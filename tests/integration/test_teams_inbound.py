@@ -142,7 +142,9 @@ async def start_bridge(emu: TeamsEmulator, uri: str, database: str) -> RunningBr
             web_app=web_app,
         )
     )
-    intake = Intake(store=store, clock=clock, ids=ids, metrics=metrics, adapters=[adapter])
+    intake = Intake(  # links are made in the store directly: read them on every event
+        store=store, clock=clock, ids=ids, metrics=metrics, adapters=[adapter], link_cache_ttl_s=0.0
+    )
     await adapter.start(intake)
     runner = web.AppRunner(web_app, access_log=None)
     await runner.setup()
