@@ -11,6 +11,7 @@ from adapters.matrix.ghosts import GhostManager
 from adapters.matrix.ids import GhostNamespace
 from adapters.matrix.media import MatrixMediaDownloader
 from adapters.matrix.outbound import MatrixSender
+from adapters.matrix.rooms import MatrixRooms
 from bridge.runtime import AdapterContext
 
 __all__ = ["COMMANDS", "MatrixAdapter", "create_adapter"]
@@ -53,6 +54,7 @@ def create_adapter(context: AdapterContext) -> MatrixAdapter:
         state=context.state,
         clock=context.clock,
         owned_session=session,
+        rooms=MatrixRooms(client=client, ghosts=ghosts, namespace=namespace, state=context.state),
     )
     context.web_app.add_routes(adapter.endpoints.routes())
     return adapter

@@ -27,9 +27,19 @@ from adapters.matrix.client import CLIENT_V1, CLIENT_V3, MatrixClient, MatrixReq
 from adapters.matrix.convert import convert_event
 from adapters.matrix.ids import GhostNamespace, MatrixRoomID, server_of
 from adapters.matrix.outbound import MatrixSender
+from adapters.matrix.rooms import MatrixRooms
 from bridge.config import MatrixSettings
-from bridge.errors import BridgeError
-from bridge.model import Attachment, EventID, Platform, RemoteRef, RoomLink, Sender
+from bridge.errors import BridgeError, PermanentDeliveryError
+from bridge.model import (
+    Attachment,
+    EventID,
+    Platform,
+    RemoteMessageID,
+    RemoteRef,
+    RoomLink,
+    RoomRef,
+    Sender,
+)
 from bridge.ports import Clock, InboundSink, OutboundMessage, StateStore
 from bridge.tasks import TaskOwner
 
@@ -41,7 +51,7 @@ RETRY_MAX_S = 30.0
 
 class MatrixAdapter:
     """``ChatAdapter`` + ``SupportsEdits``/``Redactions``/``Reactions``/``ReactionRemoval``/
-    ``Media`` for Matrix."""
+    ``Media``/``RoomCreation``/``Header`` for Matrix (the last two need ``rooms``)."""
 
     platform = Platform.MATRIX
 
@@ -56,6 +66,7 @@ class MatrixAdapter:
         clock: Clock,
         owned_session: aiohttp.ClientSession | None = None,
         health_interval_s: float = HEALTH_INTERVAL_S,
+        rooms: MatrixRooms | None = None,
     ) -> None:
         """``owned_session``, if given, is the HTTP session the adapter closes when it stops."""
         assert settings.hs_token is not None
@@ -64,6 +75,7 @@ class MatrixAdapter:
         self._settings = settings
         self._client = client
         self._sender = sender
+        self._rooms = rooms
         self._namespace = namespace
         self._sink: InboundSink | None = None
         self._tasks = TaskOwner("matrix")
@@ -291,6 +303,21 @@ class MatrixAdapter:
 
     async def download(self, attachment: Attachment, *, max_bytes: int) -> bytes:
         return await self._sender.download(attachment, max_bytes=max_bytes)
+
+    async def create_room(self, name: str, *, invite: Sequence[str], topic: str) -> RoomRef:
+        """A new private room (see ``rooms.MatrixRooms.create_room``)."""
+        return await self._incident_rooms().create_room(name, invite=invite, topic=topic)
+
+    async def put_header(
+        self, room: RoomRef, text: str, html: str, *, existing: RemoteMessageID | None
+    ) -> RemoteMessageID:
+        """The pinned header notice, posted or edited (see ``rooms.MatrixRooms.put_header``)."""
+        return await self._incident_rooms().put_header(room, text, html, existing=existing)
+
+    def _incident_rooms(self) -> MatrixRooms:
+        if self._rooms is None:
+            raise PermanentDeliveryError("creating Matrix rooms is not set up")
+        return self._rooms
 
     async def announce_link(self, link: RoomLink) -> None:
         await self.set_bridge_info(

@@ -45,7 +45,17 @@ class MatrixRequestError(PermanentDeliveryError):
 
 
 class MatrixUnavailableError(RetryableDeliveryError):
-    """Rate limited, a server error or no connection, after the client's own retries."""
+    """Rate limited, a server error or no connection, after the client's own retries.
+
+    ``ambiguous``: the request may have been carried out (a server error, a timeout or
+    a connection lost after sending), which matters for requests without a transaction id.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, ambiguous: bool = False
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.ambiguous = ambiguous
 
 
 def _retry_after(response_headers: Mapping[str, str], body: Mapping[str, Any]) -> float | None:
@@ -100,7 +110,11 @@ class MatrixClient:
         user_id: str | None = None,
         ts_ms: int | None = None,
         query: Mapping[str, str] | None = None,
+        retry_ambiguous: bool = True,
     ) -> dict[str, Any]:
+        """One request, retried per the module doc. ``retry_ambiguous=False`` is for a request
+        the homeserver cannot deduplicate (``createRoom``): an outcome that may have been
+        carried out is raised at once as an ambiguous ``MatrixUnavailableError``."""
         params = dict(query or {})
         if user_id is not None:
             params["user_id"] = user_id
@@ -127,9 +141,10 @@ class MatrixClient:
                         return body
                     status, headers_in = response.status, response.headers
             except (aiohttp.ClientError, TimeoutError) as exc:
-                if last_attempt:
+                sent = not isinstance(exc, aiohttp.ClientConnectorError)
+                if last_attempt or (sent and not retry_ambiguous):
                     raise MatrixUnavailableError(
-                        f"homeserver unreachable: {type(exc).__name__}"
+                        f"homeserver unreachable: {type(exc).__name__}", ambiguous=sent
                     ) from exc
                 delay = self._backoff(attempt)
                 log.info("matrix_request_retry", reason=type(exc).__name__, delay_s=round(delay, 3))
@@ -146,8 +161,10 @@ class MatrixClient:
                 await self._sleep(wait)
                 continue
             if status >= 500:
-                if last_attempt:
-                    raise MatrixUnavailableError(f"homeserver error {status} {errcode}")
+                if last_attempt or not retry_ambiguous:
+                    raise MatrixUnavailableError(
+                        f"homeserver error {status} {errcode}", ambiguous=True
+                    )
                 delay = self._backoff(attempt)
                 log.info("matrix_request_retry", reason=status, delay_s=round(delay, 3))
                 await self._sleep(delay)

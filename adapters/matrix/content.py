@@ -41,7 +41,7 @@ from bridge.model import (
 )
 
 T = TypeVar("T")
-TxnKind = Literal["send", "edit", "redact", "react"]
+TxnKind = Literal["send", "edit", "redact", "react", "header"]
 
 MAX_CONTENT_BYTES: Final = 60_000
 """Budget for one event's content; the homeserver refuses events over 64 KiB in all."""

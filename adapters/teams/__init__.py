@@ -15,6 +15,7 @@ from adapters.teams.adapter import TeamsAdapter
 from adapters.teams.auth import InboundAuthenticator
 from adapters.teams.commands import COMMANDS
 from adapters.teams.inbound import MessagingEndpoint
+from adapters.teams.incident_rooms import TeamsIncidentRooms
 from adapters.teams.keys import OpenIdKeySource
 from adapters.teams.media import FileLinks, TeamsFiles
 from adapters.teams.media_host import MediaHost
@@ -102,6 +103,9 @@ def create_adapter(context: AdapterContext) -> TeamsAdapter:
                 state=context.state,
                 public_url=context.settings.http.public_url,
                 clock=context.clock,
+            ),
+            incident_rooms=TeamsIncidentRooms(
+                poster=sender, state=context.state, channel=context.settings.incidents.teams_channel
             ),
         )
     except BaseException:

@@ -21,13 +21,14 @@ import structlog
 from aiohttp import web
 
 from adapters.teams.inbound import MessagingEndpoint
+from adapters.teams.incident_rooms import TeamsIncidentRooms
 from adapters.teams.media import FileLinks, TeamsFiles
 from adapters.teams.media_host import MediaHost
 from adapters.teams.reactions import TeamsReactions
 from adapters.teams.render import media_attachment
 from bridge.config.teams import TeamsSettings
 from bridge.errors import DeliveryError, DependencyUnavailableError, PermanentDeliveryError
-from bridge.model import Attachment, EventID, Platform, RemoteRef, Sender
+from bridge.model import Attachment, EventID, Platform, RemoteMessageID, RemoteRef, RoomRef, Sender
 from bridge.ports import InboundSink, OutboundMessage
 
 log = structlog.get_logger(__name__)
@@ -61,8 +62,8 @@ class SigningKeys(Protocol):
 
 
 class TeamsAdapter:
-    """Teams behind the ``ChatAdapter`` seam (with edits, redactions, the reaction line
-    and media)."""
+    """Teams behind the ``ChatAdapter`` seam (with edits, redactions, the reaction line,
+    media, and incident threads with their header)."""
 
     def __init__(
         self,
@@ -77,12 +78,13 @@ class TeamsAdapter:
         files: TeamsFiles | None = None,
         links: FileLinks | None = None,
         media_host: MediaHost | None = None,
+        incident_rooms: TeamsIncidentRooms | None = None,
     ) -> None:
         """``session``, when given, is owned by the adapter and closed by ``stop``.
 
         ``reactions``, ``files`` (with the ``links`` the endpoint's converter notes) and
-        ``media_host`` enable the reaction line, downloads and uploads; without them
-        those calls are refused.
+        ``media_host`` enable the reaction line, downloads and uploads; ``incident_rooms``
+        incident threads and headers; without them those calls are refused.
         """
         self._settings = settings
         self._endpoint = endpoint
@@ -93,6 +95,7 @@ class TeamsAdapter:
         self._files = files
         self._links = links
         self._media_host = media_host
+        self._incident_rooms = incident_rooms
         if media_host is not None:
             web_app.add_routes(media_host.routes())
         self._own_ids = frozenset({f"28:{settings.app_id}", settings.app_id})
@@ -228,6 +231,23 @@ class TeamsAdapter:
         if self._media_host is None:
             raise PermanentDeliveryError("serving files to Teams is not set up")
         return await self._media_host.upload(data, attachment)
+
+    async def create_room(self, name: str, *, invite: Sequence[str], topic: str) -> RoomRef:
+        """A new thread in ``incidents.teams_channel`` whose root says ``topic``; ``invite``
+        is ignored (see ``incident_rooms.TeamsIncidentRooms.create_room``)."""
+        return await self._incidents().create_room(name, invite=invite, topic=topic)
+
+    async def put_header(
+        self, room: RoomRef, text: str, html: str, *, existing: RemoteMessageID | None
+    ) -> RemoteMessageID:
+        """The incident header: the root of a thread made by ``create_room``, else a post of
+        its own (see ``incident_rooms.TeamsIncidentRooms.put_header``)."""
+        return await self._incidents().put_header(room, text, html, existing=existing)
+
+    def _incidents(self) -> TeamsIncidentRooms:
+        if self._incident_rooms is None:
+            raise PermanentDeliveryError("Teams incident threads are not set up")
+        return self._incident_rooms
 
     def _reaction_line(self) -> TeamsReactions:
         if self._reactions is None:

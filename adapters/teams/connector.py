@@ -116,9 +116,11 @@ class ConnectorClient:
     async def create_conversation(
         self, service_url: str, parameters: Mapping[str, Any]
     ) -> CreatedConversation:
-        """``POST /v3/conversations``: a new channel thread, group chat or 1:1 chat."""
+        """``POST /v3/conversations``: a new channel thread, group chat or 1:1 chat.
+
+        A create: a timeout or a 5xx may have produced the conversation (``ambiguous``)."""
         body = await self._request(
-            "create_conversation", "POST", _url(service_url), payload=parameters
+            "create_conversation", "POST", _url(service_url), payload=parameters, create=True
         )
         conversation_id = _field(body, "id")
         activity_id = body.get("activityId") if isinstance(body, dict) else None

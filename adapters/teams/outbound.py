@@ -94,7 +94,9 @@ from bridge.model import (
     RelationKind,
     RemoteMessageID,
     RemoteRef,
+    RemoteRoomID,
     RemoteUserID,
+    RoomRef,
     TimelineEvent,
 )
 from bridge.ports import Clock, OutboundMessage
@@ -116,6 +118,9 @@ class OperationKind(StrEnum):
     DELETE = "delete"
     UPDATE = "update"
     """Put given content into an activity (the reaction line's changes)."""
+    POST = "post"
+    """The bot's own content as an activity of its own (an incident header), or as the
+    root of a new channel thread."""
 
 
 class Dresser(Protocol):
@@ -143,8 +148,12 @@ class _Operation:
     known: AmbiguousSend | None = None
     """For a send put back in its queue: its ambiguous-send record as stored."""
     content: Content | None = None
-    """For an update: the content to put, and whether it is dressed (``dressed``)."""
+    """For an update or a post: the content to put, and whether it is dressed (``dressed``)."""
     dressed: bool = True
+    room: RoomRef | None = None
+    """For a post: the room posted to (a channel for a new thread)."""
+    new_thread: bool = False
+    """For a post: start a new thread in the channel with it (``POST /v3/conversations``)."""
 
 
 class TeamsSender:
@@ -284,6 +293,40 @@ class TeamsSender:
 
         await self._change(target, idempotency_key, prepare)
 
+    async def post(
+        self, room: RoomRef, content: Content, *, idempotency_key: str, new_thread: bool = False
+    ) -> RemoteRef:
+        """Post ``content`` as an activity of its own, never combined with other lines.
+
+        ``new_thread``: ``room`` is a channel and the activity starts a new thread in it
+        (``POST /v3/conversations`` with ``channelData.channel``); the answer names the
+        thread (``<channel>;messageid=<root>``) as its room and the root as its message.
+        A create like any other: paced in the channel's queue, its key recorded, an
+        ambiguous outcome retried once at most, a key delivered before answered without
+        a call.
+        """
+        done = self._recent.get(idempotency_key)
+        if done is not None:
+            return done
+        existing = self._lanes.in_flight(idempotency_key)
+        if existing is not None:
+            shared: RemoteRef = await asyncio.shield(existing)
+            return shared
+
+        async def prepare() -> _Operation:
+            return _Operation(
+                kind=OperationKind.POST,
+                key=idempotency_key,
+                address=await self._address(room.room_id),
+                content=content,
+                room=room,
+                new_thread=new_thread,
+            )
+
+        slot = self._lanes.reserve(split_thread(room.room_id)[0], idempotency_key)
+        ref: RemoteRef = await self._lanes.run(slot, prepare())
+        return ref
+
     async def close(self) -> None:
         """Stop every worker; what is still queued fails as retryable. Idempotent."""
         await self._lanes.close()
@@ -382,6 +425,9 @@ class TeamsSender:
     async def _execute(self, lane: Lane[_Operation], batch: list[Slot[_Operation]]) -> None:
         """Carry out one batch (its first call's slot is taken); settle every caller."""
         head = _prepared(batch[0])
+        if head.kind is OperationKind.POST:
+            await self._carry_out(batch, lambda: self._post(head))
+            return
         if head.kind is not OperationKind.SEND:
             await self._carry_out(batch, lambda: self._modify(head))
             return
@@ -612,6 +658,78 @@ class TeamsSender:
         if record_delivered:
             await records.delivered(activity_id)
         return activity_id
+
+    async def _post(self, operation: _Operation) -> list[RemoteRef | None]:
+        """A post (``post``): opened and recorded like a send, then one create call."""
+        address = operation.address
+        if operation.content is None or operation.room is None:
+            raise AssertionError("a post carries its content and room")
+        opening = (
+            await open_creates(
+                self._ambiguous,
+                [Pending(operation.key, operation.known)],
+                address.conversation_id,
+                now=self._clock.now,
+            )
+        )[0]
+        if isinstance(opening, Exhausted):
+            raise PermanentDeliveryError(
+                "an earlier create of this post may have been delivered and was already "
+                "sent again once: not sending it a third time (recorded as ambiguous)"
+            )
+        if isinstance(opening, Delivered):
+            activity_id = opening.activity_id
+        else:
+            records = CreateRecords(self._ambiguous, [opening.record], now=self._clock.now)
+            payload = activity(operation.content)
+            if operation.new_thread:
+                parameters = {
+                    "isGroup": True,
+                    "channelData": {
+                        "channel": {"id": address.conversation_id},
+                        "tenant": {"id": address.tenant_id},
+                    },
+                    "tenantId": address.tenant_id,
+                    "activity": payload,
+                }
+
+                async def create() -> TeamsActivityID:
+                    created = await self._connector.create_conversation(
+                        address.service_url, parameters
+                    )
+                    _, root = split_thread(created.conversation_id)
+                    found = created.activity_id or root
+                    if found is None:
+                        raise PermanentDeliveryError("the new thread was answered without its root")
+                    return found
+
+                request = create
+            else:
+
+                async def send() -> TeamsActivityID:
+                    return await self._connector.send_to_conversation(
+                        address.service_url, address.conversation_id, payload
+                    )
+
+                request = send
+            activity_id = await self._calls.call(
+                address,
+                request,
+                creates=records,
+                prior_ambiguous=opening.record.attempts,
+                slot_held=True,
+            )
+            await records.delivered(activity_id)
+        room = operation.room
+        if operation.new_thread:
+            thread = f"{split_thread(room.room_id)[0]}{THREAD_MARKER}{activity_id}"
+            room = RoomRef(platform=room.platform, room_id=RemoteRoomID(thread))
+        log.info(
+            "teams_post_created",
+            conversation=address.conversation_key,
+            new_thread=operation.new_thread,
+        )
+        return [RemoteRef(room=room, message_id=RemoteMessageID(activity_id))]
 
     # -- edits and deletes -------------------------------------------------------------
 

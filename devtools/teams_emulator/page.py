@@ -189,7 +189,9 @@ JS: Final = """
     meta.appendChild(el("span", "who", message.from.name));
     if (message.from.isBot) meta.appendChild(el("span", "badge", "bot"));
     meta.appendChild(el("time", null, new Date(message.created).toLocaleTimeString()));
-    if (message.edited && !message.deleted) meta.appendChild(el("span", null, "edited"));
+    if (message.edited && !message.deleted) {
+      meta.appendChild(el("span", null, message.editCount > 1 ? "edited \u00d7" + message.editCount : "edited"));
+    }
     const conversation = current();
     if (!isReply && conversation && conversation.kind === "channel") {
       const reply = el("button", null, "Reply");

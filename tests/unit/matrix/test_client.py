@@ -123,3 +123,23 @@ async def test_connection_refused_is_retryable() -> None:
         with pytest.raises(MatrixUnavailableError):
             await client.request("GET", "/x")
     assert len(sleeps) == 1
+
+
+async def test_a_request_that_may_have_been_carried_out_is_not_repeated_when_asked(
+    rig: Rig,
+) -> None:
+    rig.script.responses = [web.json_response({"errcode": "M_UNKNOWN"}, status=502)]
+    with pytest.raises(MatrixUnavailableError) as caught:
+        await rig.client.request("POST", "/createRoom", json={}, retry_ambiguous=False)
+    assert caught.value.ambiguous
+    assert len(rig.script.seen) == 1
+    assert rig.sleeps == []
+
+
+async def test_a_rate_limit_is_waited_out_even_when_repeats_are_not_wanted(rig: Rig) -> None:
+    rig.script.responses = [
+        web.json_response({"errcode": "M_LIMIT_EXCEEDED"}, status=429, headers={"Retry-After": "2"})
+    ]
+    answer = await rig.client.request("POST", "/createRoom", json={}, retry_ambiguous=False)
+    assert answer == {"ok": True}
+    assert rig.sleeps == [2.0]
