@@ -23,3 +23,22 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
+# The incident page is tested in a real headless browser: Debian's chromium. Installed
+# only when it is missing and apt-get can be used (root, non-interactive); otherwise
+# the page's browser test fails and names this script.
+if ! command -v chromium >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "bootstrap: installing chromium (headless browser for the incident page test)" >&2
+        aptlog=.venv/apt-chromium.log
+        if ! { DEBIAN_FRONTEND=noninteractive apt-get update \
+               && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+                    chromium; } >"$aptlog" 2>&1; then
+            tail -n 20 "$aptlog" >&2
+            echo "bootstrap: chromium could not be installed (the incident page test will" \
+                 "fail); the log is $aptlog" >&2
+        fi
+    else
+        echo "bootstrap: chromium is missing and apt-get cannot be used here; install" \
+             "Debian's chromium package to run the incident page test" >&2
+    fi
+fi
