@@ -35,6 +35,10 @@ from bridge.config import Settings
 from bridge.errors import DependencyUnavailableError
 from bridge.gaps import GapRecorder
 from bridge.ids import UlidFactory
+from bridge.incidents.commands import IncidentCommands
+from bridge.incidents.mongo_store import MongoIncidentStore
+from bridge.incidents.reactions import KeyEventReactions
+from bridge.incidents.service import IncidentService
 from bridge.links import CONFIGURATION, LinkService
 from bridge.metrics import BridgeMetrics
 from bridge.model import AppendResult, Platform, RemoteRoomID, RoomLink, RoomRef
@@ -46,7 +50,7 @@ from bridge.tasks import TaskOwner
 from bridge.timeline.mongo import MongoTimelineStore
 from bridge.timeline.state import MongoStateStore
 from bridge.web.health import Readiness
-from bridge.web.server import bound_port, build_web_app, start_site
+from bridge.web.server import add_incident_routes, bound_port, build_web_app, start_site
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +66,7 @@ class Bridge:
     readiness: Readiness
     store: MongoTimelineStore
     state: MongoStateStore
+    incidents: MongoIncidentStore
     web_app: web.Application
     adapters: list[ChatAdapter] = field(default_factory=list)
     port: int = 0
@@ -108,6 +113,8 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
 
         readiness = Readiness(timeout_s=settings.readiness.check_timeout_s, metrics=metrics)
         readiness.add("mongodb", store.ping)
+        incidents = MongoIncidentStore(store.database)
+        await incidents.ensure_indexes()
         bridge = Bridge(
             settings=settings,
             clock=clock,
@@ -116,8 +123,10 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             readiness=readiness,
             store=store,
             state=MongoStateStore(store.database),
+            incidents=incidents,
             web_app=build_web_app(readiness, metrics),
         )
+        add_incident_routes(bridge.web_app, incidents, store, settings.api, clock)
 
         context = AdapterContext(
             settings=settings,
@@ -143,6 +152,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
         async def on_stored(results: Sequence[AppendResult]) -> None:
             await gaps.on_stored(results)
             delivery.offer(results)
+            await key_events.offer(results)
             await commands.offer(results)
 
         intake = Intake(
@@ -160,7 +170,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             adapters=bridge.adapters,
             on_change=intake.forget_links,
         )
-        commands = build_commands(bridge, links, delivery)
+        service = build_incidents(bridge, links, delivery)
+        key_events = KeyEventReactions(service=service, key=settings.incidents.key_event_reaction)
+        commands = build_commands(bridge, links, delivery, service)
         for adapter in bridge.adapters:
             readiness.add(adapter.platform.value, _adapter_check(adapter))
             await adapter.start(intake)
@@ -238,10 +250,31 @@ async def apply_configured_links(links: LinkService, settings: Settings, clock: 
         )
 
 
-def build_commands(bridge: Bridge, links: LinkService, delivery: DeliveryService) -> CommandQueue:
+def build_incidents(
+    bridge: Bridge, links: LinkService, delivery: DeliveryService
+) -> IncidentService:
+    """The incident lifecycle on the bridge's stores and adapters."""
+    return IncidentService(
+        store=bridge.store,
+        incidents=bridge.incidents,
+        links=links,
+        clock=bridge.clock,
+        ids=bridge.ids,
+        metrics=bridge.metrics,
+        adapters={a.platform: a for a in bridge.adapters},
+        settings=bridge.settings.incidents,
+        on_stored=delivery.offer,
+    )
+
+
+def build_commands(
+    bridge: Bridge, links: LinkService, delivery: DeliveryService, incidents: IncidentService
+) -> CommandQueue:
     """The chat command layer: registry, permissions, processor, and its bounded queue."""
     settings = bridge.settings
     registry = CommandRegistry()
+    incident_commands = IncidentCommands(service=incidents, settings=settings.incidents)
+    incident_commands.register(registry)
     BridgeCommands(
         store=bridge.store,
         state=bridge.state,
@@ -254,7 +287,11 @@ def build_commands(bridge: Bridge, links: LinkService, delivery: DeliveryService
         clock=bridge.clock,
         ids=bridge.ids,
         registry=registry,
-        authorizer=Authorizer(settings.commands, {a.platform: a for a in bridge.adapters}),
+        authorizer=Authorizer(
+            settings.commands,
+            {a.platform: a for a in bridge.adapters},
+            commander=incident_commands.is_commander,
+        ),
         metrics=bridge.metrics,
         on_stored=delivery.offer,
     )

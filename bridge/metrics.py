@@ -14,6 +14,9 @@ from prometheus_client import (
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+INCIDENT_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+                    28800.0, 86400.0, 259200.0)  # fmt: skip
+"""Seconds from declaring an incident: 30 s up to 3 days."""
 
 
 class BridgeMetrics:
@@ -72,6 +75,24 @@ class BridgeMetrics:
             "bridge_commands",
             "Chat commands handled, by outcome (ok, usage, denied, failed, error).",
             ["outcome"],
+            registry=r,
+        )
+        self.incidents_declared = Counter(
+            "bridge_incidents_declared",
+            "Incidents declared from chat, by severity at declaration.",
+            ["severity"],
+            registry=r,
+        )
+        self.incident_acknowledge_seconds = Histogram(
+            "bridge_incident_acknowledge_seconds",
+            "From declaring an incident to its first acknowledgement.",
+            buckets=INCIDENT_BUCKETS,
+            registry=r,
+        )
+        self.incident_resolve_seconds = Histogram(
+            "bridge_incident_resolve_seconds",
+            "From declaring an incident to its resolution (again after each reopen).",
+            buckets=INCIDENT_BUCKETS,
             registry=r,
         )
         self.ready = Gauge(

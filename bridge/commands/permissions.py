@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -15,15 +15,31 @@ from bridge.ports import ChatAdapter, SupportsPrivilege
 log = structlog.get_logger(__name__)
 
 
+RequestCheck = Callable[[CommandRequest], Awaitable[bool]]
+
+
 class Authorizer:
-    def __init__(self, settings: CommandSettings, adapters: Mapping[Platform, ChatAdapter]) -> None:
+    def __init__(
+        self,
+        settings: CommandSettings,
+        adapters: Mapping[Platform, ChatAdapter],
+        *,
+        commander: RequestCheck | None = None,
+    ) -> None:
+        """``commander`` tells whether a request's sender commands the incident it is about
+        (``Permission.COMMANDER``); without it, only operators have that permission."""
         self._settings = settings
         self._adapters = adapters
+        self._commander = commander
 
     async def allows(self, permission: Permission, request: CommandRequest) -> bool:
         if permission is Permission.ANYONE:
             return True
-        return await self.is_operator(request)
+        if await self.is_operator(request):
+            return True
+        if permission is Permission.COMMANDER and self._commander is not None:
+            return await self._commander(request)
+        return False
 
     async def is_operator(self, request: CommandRequest) -> bool:
         sender = request.sender

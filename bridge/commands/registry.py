@@ -15,6 +15,8 @@ class Permission(StrEnum):
     """Any person in a bridged room (read-only or harmless commands)."""
     OPERATOR = "operator"
     """Allow-listed operators, or Matrix users at or above the configured power level."""
+    COMMANDER = "operator or incident commander"
+    """Operators, or the commander of the incident the command is about."""
 
 
 class UsageError(Exception):
