@@ -1,7 +1,9 @@
-"""The ``incident-bridge`` command line.
+"""The ``incident-bridge`` command line: ``run``, ``check-config``, ``postmortem ID``
+and the adapters' commands.
 
-Exit codes (``bridge.exitcodes``): 0 success, 64 usage error, 69 a dependency
-could not be reached at start-up, 70 internal error, 78 invalid settings.
+Exit codes (``bridge.exitcodes``): 0 success, 64 usage error (for ``postmortem``: also
+no such incident, or an output file that cannot be written), 69 a dependency could
+not be reached, 70 internal error, 78 invalid settings.
 """
 
 from __future__ import annotations
@@ -11,17 +13,23 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import structlog
 
 from bridge import exitcodes
+from bridge.clock import SystemClock
 from bridge.config import Settings, load_settings
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import BridgeError, ConfigError, StoreError
 from bridge.logs import configure_logging
+from bridge.model import IncidentID, TimelineEvent
+from bridge.ports import TimelineStore
 from bridge.runtime import CliCommand
 
 CONFIG_ENV = "BRIDGE_CONFIG"
+TIMELINE_PAGE = 500
+"""Events read per round trip when a command reads a whole timeline."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +50,20 @@ def _parser() -> argparse.ArgumentParser:
         "check-config", help="validate a settings file and report every error"
     )
     check.add_argument("config", type=Path, help="settings file to check")
+    postmortem = commands.add_parser(
+        "postmortem", help="print the postmortem of an incident (Markdown) from its timeline"
+    )
+    postmortem.add_argument("incident_id", metavar="ID", help="the incident, e.g. INC-42")
+    postmortem.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help=f"settings file (default: ${CONFIG_ENV}; environment overrides apply on top)",
+    )
+    postmortem.add_argument(
+        "-o", "--output", type=Path, default=None, help="write to FILE instead of stdout"
+    )
     from bridge.app import adapter_commands  # noqa: PLC0415 - the composition root knows adapters
 
     for command in adapter_commands():
@@ -60,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.config)
     if args.command == "run":
         return _run(args.config)
+    if args.command == "postmortem":
+        return _postmortem(args.config, IncidentID(args.incident_id), args.output)
     command: CliCommand = args.extension
     return command.run(args)
 
@@ -105,3 +129,70 @@ def _run(path: Path | None) -> int:
         log.exception("crashed")
         return exitcodes.SOFTWARE
     return exitcodes.OK
+
+
+def _postmortem(path: Path | None, incident_id: IncidentID, output: Path | None) -> int:
+    """Print (or write) the postmortem of one incident, read from MongoDB."""
+    try:
+        settings = _load(path)
+    except ConfigError as exc:
+        _report_config_error(exc)
+        return exitcodes.CONFIG
+    # The command's own output is the document or one line of error: logs only from warnings.
+    level = "debug" if settings.logging.level == "debug" else "warning"
+    configure_logging(fmt=settings.logging.format, level=level)
+    log = structlog.get_logger("bridge.cli")
+    try:
+        markdown = asyncio.run(_read_postmortem(settings, incident_id))
+    except StoreError as exc:  # MongoDB failed while reading: unavailable, as at start-up
+        print(f"incident-bridge: MongoDB failed: {exc}", file=sys.stderr)
+        return exitcodes.UNAVAILABLE
+    except BridgeError as exc:
+        print(f"incident-bridge: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception:
+        log.exception("crashed")
+        return exitcodes.SOFTWARE
+    if markdown is None:
+        print(f"incident-bridge: no incident {incident_id}", file=sys.stderr)
+        return exitcodes.USAGE
+    if output is None:
+        sys.stdout.write(markdown)
+        sys.stdout.flush()
+        return exitcodes.OK
+    try:
+        output.write_text(markdown, encoding="utf-8")
+    except OSError as exc:
+        print(f"incident-bridge: cannot write {output}: {exc.strerror}", file=sys.stderr)
+        return exitcodes.USAGE
+    return exitcodes.OK
+
+
+async def _read_postmortem(settings: Settings, incident_id: IncidentID) -> str | None:
+    """The postmortem's Markdown, or None when there is no such incident."""
+    from bridge.app import open_store  # noqa: PLC0415 - the composition root knows MongoDB
+    from bridge.incidents.mongo_store import MongoIncidentStore  # noqa: PLC0415
+    from bridge.incidents.postmortem import render_postmortem, settings_own_check  # noqa: PLC0415
+
+    clock = SystemClock()
+    async with AsyncExitStack() as stack:
+        store = await open_store(settings, clock, stack)
+        incident = await MongoIncidentStore(store.database).get(incident_id)
+        if incident is None:
+            return None
+        events = await whole_timeline(store, incident_id)
+        return render_postmortem(
+            incident, events, now=clock.now(), is_own=settings_own_check(settings)
+        )
+
+
+async def whole_timeline(store: TimelineStore, incident_id: IncidentID) -> list[TimelineEvent]:
+    """Every event of an incident, in timeline order, read page by page."""
+    events: list[TimelineEvent] = []
+    cursor: str | None = None
+    while True:
+        page = await store.timeline(incident_id=incident_id, cursor=cursor, limit=TIMELINE_PAGE)
+        events.extend(page.events)
+        if page.next_cursor is None or not page.events:
+            return events
+        cursor = page.next_cursor
