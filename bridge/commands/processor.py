@@ -35,10 +35,13 @@ from bridge.model import (
     EventID,
     Kind,
     Platform,
+    RoomLink,
     TimelineEvent,
 )
 from bridge.notices import bridge_notice
 from bridge.ports import Clock, TimelineStore
+from bridge.relay.intake import PARENT_ROOM
+from bridge.timeline.codec import room_from_key
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +112,7 @@ class CommandProcessor:
             event=event,
             room=event.origin.room,
             sender=event.sender,
-            links=await self._store.links_for(event.origin.room),
+            links=await self._links(event),
         )
         if not await self._authorizer.allows(spec.permission, request):
             log.info("command_denied")
@@ -166,9 +169,18 @@ class CommandProcessor:
             log.info("command_already_claimed", event_id=event.id)
         return not result.duplicate
 
+    async def _links(self, event: TimelineEvent) -> list[RoomLink]:
+        """The links of the command's room, or of the room covering it (a Teams channel,
+        for a command said in one of its threads)."""
+        links = await self._store.links_for(event.origin.room)
+        parent = event.data.get(PARENT_ROOM)
+        if not links and isinstance(parent, str) and parent:
+            links = await self._store.links_for(room_from_key(parent))
+        return links
+
     async def _reply(self, event: TimelineEvent, text: str, outcome: str) -> None:
         self._metrics.commands.labels(outcome=outcome).inc()
-        links = await self._store.links_for(event.origin.room)
+        links = await self._links(event)
         targets = [event.origin.room, *(link.other(event.origin.room) for link in links)]
         reply = bridge_notice(
             ids=self._ids,

@@ -36,6 +36,9 @@ from bridge.relay.link_table import LinkTable
 
 log = structlog.get_logger(__name__)
 
+PARENT_ROOM = "parent_room"
+"""``TimelineEvent.data`` key: the room (key) whose links cover the event's room, if any
+(a Teams channel, for a thread in it)."""
 OVERLOAD_RETRY_S = 2.0
 """The Retry-After suggested with a request refused because of overload."""
 
@@ -157,7 +160,11 @@ class Intake:
             occurred_at=inbound.occurred_at,
             received_at=self._clock.now(),
             relations=relations,
-            data=inbound.data,
+            data=(
+                {**inbound.data, PARENT_ROOM: inbound.parent_room.key}
+                if inbound.parent_room is not None
+                else inbound.data
+            ),
         )
         return event, targets
 

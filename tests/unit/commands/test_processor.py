@@ -29,6 +29,7 @@ from bridge.model import (
     RemoteRef,
     RemoteRoomID,
     RemoteUserID,
+    RoomLink,
     RoomRef,
     Sender,
     TimelineEvent,
@@ -56,7 +57,12 @@ class Rig:
     counter: list[int]
 
     async def say(
-        self, text: str, *, sender: Sender = ALICE, room: RoomRef = MATRIX_ROOM
+        self,
+        text: str,
+        *,
+        sender: Sender = ALICE,
+        room: RoomRef = MATRIX_ROOM,
+        parent: RoomRef | None = None,
     ) -> TimelineEvent:
         self.counter[0] += 1
         (result,) = await self.intake.accept(
@@ -67,6 +73,7 @@ class Rig:
                     sender=sender,
                     occurred_at=self.clock.now(),
                     body=Body(text=text),
+                    parent_room=parent,
                 )
             ]
         )
@@ -140,6 +147,21 @@ async def test_pairing_links_two_rooms_and_replies_go_to_both(rig: Rig) -> None:
     # The code is single use.
     await rig.say(f"!bridge confirm {code}", sender=OPERATOR_TEAMS, room=TEAMS_ROOM)
     assert "unknown or expired" in await rig.last_reply()
+
+
+async def test_a_command_in_a_thread_of_a_linked_channel_is_answered_on_both_sides(
+    rig: Rig,
+) -> None:
+    await rig.store.save_link(
+        RoomLink(matrix_room=MATRIX_ROOM, teams_room=TEAMS_ROOM, created_at=rig.clock.now())
+    )
+    thread = RoomRef(
+        platform=Platform.TEAMS, room_id=RemoteRoomID(f"{TEAMS_ROOM.room_id};messageid=42")
+    )
+    await rig.say("!bridge status", sender=OPERATOR_TEAMS, room=thread, parent=TEAMS_ROOM)
+    last = (await rig.replies())[-1]
+    assert "Linked to matrix" in last.body.text
+    assert {m.room for m in last.mirrors} == {thread, MATRIX_ROOM}
 
 
 async def test_expired_code_and_same_platform_are_refused(rig: Rig) -> None:
