@@ -49,6 +49,7 @@ from bridge.runtime import AdapterContext, CliCommand
 from bridge.tasks import TaskOwner
 from bridge.timeline.mongo import MongoTimelineStore
 from bridge.timeline.state import MongoStateStore
+from bridge.web.auth import incident_page_link
 from bridge.web.health import Readiness
 from bridge.web.server import add_incident_routes, bound_port, build_web_app, start_site
 
@@ -264,6 +265,9 @@ def build_incidents(
         adapters={a.platform: a for a in bridge.adapters},
         settings=bridge.settings.incidents,
         on_stored=delivery.offer,
+        page_link=lambda incident_id: incident_page_link(
+            bridge.settings.http.public_url, incident_id, bridge.settings.api
+        ),
     )
 
 

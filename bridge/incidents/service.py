@@ -109,8 +109,10 @@ class IncidentService:
         adapters: Mapping[Platform, ChatAdapter],
         settings: IncidentSettings,
         on_stored: Callable[[Sequence[AppendResult]], None] | None = None,
+        page_link: Callable[[IncidentID], str | None] = lambda _: None,
     ) -> None:
-        """``on_stored`` gets the notices this service appends (to wake delivery)."""
+        """``on_stored`` gets the notices this service appends (to wake delivery);
+        ``page_link`` gives the address of an incident's page, when it has one."""
         self._store = store
         self._incidents = incidents
         self._links = links
@@ -118,6 +120,7 @@ class IncidentService:
         self._ids = ids
         self._metrics = metrics
         self._adapters = adapters
+        self._page_link = page_link
         self._settings = settings
         self._on_stored = on_stored
         self._header_locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -427,12 +430,16 @@ class IncidentService:
             return replace(current, postmortem=markdown), [change]
 
         saved, _ = await self.change(incident_id, source, apply)
+        link = self._page_link(saved.id)
+        whole = f"the incident's page, {link}" if link else f"incident-bridge postmortem {saved.id}"
         text = markdown
         if len(text) > MAX_NOTICE_CHARS:
             text = (
                 text[:MAX_NOTICE_CHARS].rsplit("\n", 1)[0]
-                + f"\n\n… (cut here; the whole postmortem: incident-bridge postmortem {saved.id})"
+                + f"\n\n… (cut here; the whole postmortem: {whole})"
             )
+        elif link:
+            text += f"\n\nTimeline and chart: {link}"
         await self.notify_rooms(saved, key=f"postmortem:{source.key}", text=text)
         return markdown
 

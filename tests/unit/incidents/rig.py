@@ -59,6 +59,9 @@ DAVE = Sender(
     platform=Platform.MATRIX, user_id=RemoteUserID("@dave:example.org"), display_name="Dave"
 )
 
+PAGE_BASE = "https://bridge.example.org"
+"""Where the incident pages of the rig's incidents are."""
+
 
 @dataclass
 class Rig:
@@ -214,6 +217,7 @@ async def build_rig(
         metrics=metrics,
         adapters={a.platform: a for a in adapters},
         settings=settings,
+        page_link=lambda incident_id: f"{PAGE_BASE}/incidents/{incident_id}?key=k",
     )
     registry = CommandRegistry()
     commands = IncidentCommands(service=service, settings=settings)

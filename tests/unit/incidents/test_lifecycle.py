@@ -15,6 +15,7 @@ from tests.unit.incidents.rig import (
     CAROL,
     DAVE,
     OLGA,
+    PAGE_BASE,
     RESPONDER,
     TEAMS_CHANNEL,
     Rig,
@@ -187,7 +188,9 @@ async def test_postmortem_is_posted_stored_and_recorded(rig: Rig) -> None:
     assert incident.postmortem is not None
     assert "Slow search" in incident.postmortem
     assert "cache flushed" in incident.postmortem
-    posted = [r for r in await rig.replies() if r.body.text == incident.postmortem]
+    page = f"{PAGE_BASE}/incidents/{incident.id}?key=k"
+    expected = f"{incident.postmortem}\n\nTimeline and chart: {page}"
+    posted = [r for r in await rig.replies() if r.body.text == expected]
     assert len(posted) == 1
     assert {m.room for m in posted[0].mirrors} == {matrix, rig.teams_room}
     assert (await rig.actions())[-1] is Action.POSTMORTEM
