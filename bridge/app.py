@@ -41,7 +41,14 @@ from bridge.incidents.reactions import KeyEventReactions
 from bridge.incidents.service import IncidentService
 from bridge.links import CONFIGURATION, LinkService
 from bridge.metrics import BridgeMetrics
-from bridge.model import AppendResult, Platform, RemoteRoomID, RoomLink, RoomRef
+from bridge.model import (
+    AppendResult,
+    Platform,
+    RemoteRoomID,
+    RoomLink,
+    RoomRef,
+    ThreadStyle,
+)
 from bridge.ports import ChatAdapter, Clock
 from bridge.relay.delivery import DeliveryService, DeliverySettings
 from bridge.relay.intake import Intake
@@ -246,6 +253,7 @@ async def apply_configured_links(links: LinkService, settings: Settings, clock: 
                     platform=Platform.TEAMS, room_id=RemoteRoomID(configured.teams_conversation)
                 ),
                 created_at=clock.now(),
+                threads=ThreadStyle(configured.threads),
             ),
             by=CONFIGURATION,
         )

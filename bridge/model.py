@@ -59,6 +59,16 @@ class RelationKind(StrEnum):
     THREAD = "thread"
 
 
+class ThreadStyle(StrEnum):
+    """How a link shows a Teams channel thread in Matrix."""
+
+    THREAD = "thread"
+    """As a Matrix thread (``m.thread``) under the mirrored root."""
+    REPLY = "reply"
+    """As a reply chain: each thread message replies to the mirrored root (for clients and
+    rooms that do not use threads)."""
+
+
 class MirrorStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
@@ -231,6 +241,7 @@ class RoomLink:
     incident_id: IncidentID | None = None
     created_at: datetime
     created_by: Sender | None = None
+    threads: ThreadStyle = ThreadStyle.THREAD
 
     def other(self, room: RoomRef) -> RoomRef:
         return self.teams_room if room == self.matrix_room else self.matrix_room

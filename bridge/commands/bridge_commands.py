@@ -22,7 +22,7 @@ from bridge.commands.registry import (
     UsageError,
 )
 from bridge.links import LinkService
-from bridge.model import Platform, RemoteRoomID, RoomLink, RoomRef
+from bridge.model import Platform, RemoteRoomID, RoomLink, RoomRef, ThreadStyle
 from bridge.ports import Clock, StateStore, TimelineStore
 
 CODES: Final = "pairing_codes"
@@ -56,8 +56,9 @@ class BridgeCommands:
         for verb, usage, summary, permission, handler in (
             ("status", "!bridge status", "show this room's links and pending deliveries",
              Permission.ANYONE, self.status),
-            ("link", "!bridge link", "start linking this room (gives a code for the other room)",
-             Permission.OPERATOR, self.link),
+            ("link", "!bridge link [--replies]",
+             "start linking this room (gives a code for the other room); --replies shows "
+             "Teams threads as reply chains in Matrix", Permission.OPERATOR, self.link),
             ("confirm", "!bridge confirm CODE [--replace]",
              "finish linking with the code from the other room", Permission.OPERATOR,
              self.confirm),
@@ -97,6 +98,9 @@ class BridgeCommands:
                 "room_id": request.room.room_id,
                 "requested_by": request.sender.user_id,
                 "expires_at": expires.isoformat(),
+                "threads": (
+                    ThreadStyle.REPLY if "replies" in request.command.flags else ThreadStyle.THREAD
+                ).value,
             },
         )
         minutes = max(1, int(self._ttl.total_seconds() // 60))
@@ -121,8 +125,13 @@ class BridgeCommands:
         matrix, teams = (
             (origin, request.room) if origin.platform is Platform.MATRIX else (request.room, origin)
         )
-        new = RoomLink(matrix_room=matrix, teams_room=teams, created_at=self._clock.now(),
-                       created_by=request.sender)  # fmt: skip
+        new = RoomLink(
+            matrix_room=matrix,
+            teams_room=teams,
+            created_at=self._clock.now(),
+            created_by=request.sender,
+            threads=ThreadStyle(record.get("threads", ThreadStyle.THREAD.value)),
+        )
         existing = [
             link
             for room in (matrix, teams)

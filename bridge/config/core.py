@@ -99,6 +99,8 @@ class LinkSettings(Section):
     teams_conversation: Annotated[str, Field(min_length=3)]
     """A Teams conversation id: a channel (``19:...@thread.tacv2``), a thread
     (``...;messageid=<root>``) or a chat."""
+    threads: Literal["thread", "reply"] = "thread"
+    """How the channel's threads show in Matrix: Matrix threads, or reply chains."""
 
 
 class Settings(Section):

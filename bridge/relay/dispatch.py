@@ -39,6 +39,7 @@ from bridge.model import (
     RemoteRef,
     RoomRef,
     Sender,
+    ThreadStyle,
     TimelineEvent,
 )
 from bridge.ports import (
@@ -124,6 +125,8 @@ class Dispatcher:
         thread = event.relation(RelationKind.THREAD)
         reply_ref = await self.remote_in(reply.event_id if reply else None, room)
         thread_ref = await self.remote_in(thread.event_id if thread else None, room)
+        if thread_ref is not None and await self._threads_as_replies(room):
+            reply_ref, thread_ref = reply_ref or thread_ref, None
         if self._media is not None:
             event = await self._media.carry(event, adapter, key)
         message = OutboundMessage(
@@ -133,6 +136,13 @@ class Dispatcher:
             thread_root=thread_ref.message_id if thread_ref else None,
         )
         return (await adapter.send(message, idempotency_key=key)).message_id
+
+    async def _threads_as_replies(self, room: RoomRef) -> bool:
+        """Whether ``room``'s link shows the other side's threads as reply chains."""
+        return any(
+            link.threads is ThreadStyle.REPLY and link.matrix_room == room
+            for link in await self._store.links_for(room)
+        )
 
     async def _edit(
         self, adapter: ChatAdapter, event: TimelineEvent, room: RoomRef, key: str

@@ -33,6 +33,7 @@ from bridge.model import (
     RoomLink,
     RoomRef,
     Sender,
+    ThreadStyle,
     TimelineEvent,
 )
 
@@ -231,6 +232,7 @@ def link_doc(link: RoomLink) -> Doc:
         "incident_id": link.incident_id,
         "created_at": to_ms(link.created_at),
         "created_by": sender_doc(link.created_by) if link.created_by else None,
+        "threads": link.threads.value,
     }
 
 
@@ -243,6 +245,7 @@ def link_from(doc: Mapping[str, Any]) -> RoomLink:
         incident_id=IncidentID(incident_id) if incident_id is not None else None,
         created_at=doc["created_at"],
         created_by=sender_from(created_by) if created_by else None,
+        threads=ThreadStyle(doc.get("threads", ThreadStyle.THREAD.value)),
     )
 
 

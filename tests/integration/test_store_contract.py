@@ -24,6 +24,7 @@ from bridge.model import (
     RemoteRoomID,
     RoomLink,
     RoomRef,
+    ThreadStyle,
 )
 from bridge.ports import StateStore, TimelineStore
 from bridge.timeline.codec import CursorError
@@ -353,6 +354,17 @@ async def test_leases_are_renewed_only_by_their_live_holder(backend: Backend) ->
     assert await store.renew_rooms(rooms, "w2", now=clock.now(), ttl=LEASE) == set()  # expired
     clock.advance(LEASE.total_seconds() + 1)
     assert await store.renew_rooms(rooms, "w1", now=clock.now(), ttl=LEASE) == set()
+
+
+async def test_a_link_keeps_its_thread_style(backend: Backend) -> None:
+    link = RoomLink(
+        matrix_room=MATRIX_ROOM,
+        teams_room=TEAMS_ROOM,
+        created_at=backend.clock.now(),
+        threads=ThreadStyle.REPLY,
+    )
+    await backend.store.save_link(link)
+    assert await backend.store.links_for(MATRIX_ROOM) == [link]
 
 
 async def test_room_links(backend: Backend) -> None:

@@ -32,6 +32,7 @@ from bridge.model import (
     RoomLink,
     RoomRef,
     Sender,
+    ThreadStyle,
     TimelineEvent,
 )
 from bridge.ports import (
@@ -510,3 +511,37 @@ async def test_an_edit_carries_text_only(s: Scene) -> None:
     await s.deliver(edit, CHANNEL)
     assert [m.event.body.attachments for _, m in s.teams.calls.of("edit")] == [()]
     assert s.matrix.calls.of("download") == []
+
+
+# -- Teams threads in Matrix: threads or reply chains, by link --------------------------
+
+
+async def _thread_reply_in_matrix(s: Scene) -> OutboundMessage:
+    await a_teams_post_mirrored_in_matrix(s)
+    answer = await s.receive(
+        s.inbound(
+            Kind.MESSAGE,
+            teams_message("1702"),
+            DANA,
+            body=Body(text="failing over"),
+            relations=(Relation(kind=RelationKind.THREAD, target=teams_message()),),
+            parent_room=CHANNEL,
+        )
+    )
+    await s.deliver(answer, MATRIX_ROOM)
+    message, _ = s.matrix.sent[-1]
+    return message
+
+
+async def test_a_teams_thread_goes_to_a_matrix_thread_by_default(s: Scene) -> None:
+    message = await _thread_reply_in_matrix(s)
+    assert message.thread_root == "$post"
+    assert message.reply_to is None
+
+
+async def test_a_link_for_replies_makes_the_thread_a_reply_chain(s: Scene) -> None:
+    (link,) = await s.store.links_for(MATRIX_ROOM)
+    await s.store.save_link(replace(link, threads=ThreadStyle.REPLY))
+    message = await _thread_reply_in_matrix(s)
+    assert message.thread_root is None
+    assert message.reply_to == "$post"

@@ -32,6 +32,7 @@ from bridge.model import (
     RoomLink,
     RoomRef,
     Sender,
+    ThreadStyle,
     TimelineEvent,
 )
 from bridge.notices import BRIDGE_ROOM
@@ -162,6 +163,14 @@ async def test_a_command_in_a_thread_of_a_linked_channel_is_answered_on_both_sid
     last = (await rig.replies())[-1]
     assert "Linked to matrix" in last.body.text
     assert {m.room for m in last.mirrors} == {thread, MATRIX_ROOM}
+
+
+async def test_a_link_made_with_replies_shows_threads_as_reply_chains(rig: Rig) -> None:
+    await rig.say("!bridge link --replies")
+    code = (await rig.last_reply()).split()[2]
+    await rig.say(f"!bridge confirm {code}", sender=OPERATOR_TEAMS, room=TEAMS_ROOM)
+    (link,) = await rig.store.all_links()
+    assert link.threads is ThreadStyle.REPLY
 
 
 async def test_expired_code_and_same_platform_are_refused(rig: Rig) -> None:
