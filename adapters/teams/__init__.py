@@ -4,7 +4,9 @@
 session (owned by the adapter, closed when it stops), the channel's signing keys,
 the outbound token provider, the conversation references, the sender (with the
 reaction line), the messaging endpoint and the media route (``/media/{token}``)
-mounted on the daemon's web application, and the downloads of Teams files.
+mounted on the daemon's web application, and the downloads of Teams files. With
+``teams.team_owners_are_operators``: Microsoft Graph (a second token provider for
+``teams.graph_scope``) and the record of each team's AAD group id, for ``privilege``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import aiohttp
 from adapters.teams.adapter import TeamsAdapter
 from adapters.teams.auth import InboundAuthenticator
 from adapters.teams.commands import COMMANDS
+from adapters.teams.graph import GraphClient, TeamOwners
 from adapters.teams.inbound import MessagingEndpoint
 from adapters.teams.incident_rooms import TeamsIncidentRooms
 from adapters.teams.keys import OpenIdKeySource
@@ -23,7 +26,7 @@ from adapters.teams.outbound import TeamsSender
 from adapters.teams.pacing import PacingSettings
 from adapters.teams.reactions import ReactionDresser, ReactionRecords, TeamsReactions
 from adapters.teams.records import StateAmbiguousSends, StateLayouts
-from adapters.teams.references import StoredConversationReferences
+from adapters.teams.references import StoredConversationReferences, StoredTeamGroups
 from adapters.teams.tokens import token_provider_for
 from bridge.errors import ConfigError, ConfigProblem
 from bridge.runtime import AdapterContext
@@ -73,6 +76,29 @@ def create_adapter(context: AdapterContext) -> TeamsAdapter:
             layouts=StateLayouts(context.state),
             dresser=ReactionDresser(reaction_records, max_activity_bytes=pacing.max_activity_bytes),
         )
+        team_groups: StoredTeamGroups | None = None
+        team_owners: TeamOwners | None = None
+        if settings.team_owners_are_operators:
+            team_groups = StoredTeamGroups(
+                context.state, clock=context.clock, cache_size=settings.conversation_cache_size
+            )
+            graph = GraphClient(
+                session=session,
+                tokens=token_provider_for(
+                    settings, session=session, clock=context.clock, scope=settings.graph_scope
+                ),
+                graph_url=settings.graph_url,
+                clock=context.clock,
+                cache_ttl_s=settings.team_owner_cache_s,
+                cache_size=settings.team_owner_cache_size,
+                timeout_s=settings.request_timeout_s,
+            )
+            team_owners = TeamOwners(
+                graph=graph,
+                conversations=references,
+                team_groups=team_groups,
+                tenant_id=settings.tenant_id,
+            )
         links = FileLinks(context.state, clock=context.clock)
         endpoint = MessagingEndpoint(
             app_id=settings.app_id,
@@ -80,6 +106,7 @@ def create_adapter(context: AdapterContext) -> TeamsAdapter:
             converter=links.converter(app_id=settings.app_id, clock=context.clock),
             references=references,
             max_body_bytes=settings.max_activity_bytes,
+            team_groups=team_groups,
         )
         return TeamsAdapter(
             settings=settings,
@@ -107,6 +134,7 @@ def create_adapter(context: AdapterContext) -> TeamsAdapter:
             incident_rooms=TeamsIncidentRooms(
                 poster=sender, state=context.state, channel=context.settings.incidents.teams_channel
             ),
+            team_owners=team_owners,
         )
     except BaseException:
         session.detach()  # nothing was connected yet; marks the session closed

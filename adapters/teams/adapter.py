@@ -5,7 +5,9 @@ added to the daemon's web application at construction and which accepts
 activities only between ``start`` and ``stop``. Outbound (send, edit, redact) is
 delegated to the Teams sender; reactions from Matrix go on the reaction line the
 bot keeps (``reactions``); files are downloaded (``media``) and served to Teams
-(``media_host``). ``ready`` is true once started and the channel's
+(``media_host``). ``privilege`` is 100 for an owner of the team a channel belongs to
+when ``teams.team_owners_are_operators`` is on (Microsoft Graph, see ``graph``), else 0.
+``ready`` is true once started and the channel's
 signing keys have been fetched; if they cannot be fetched at start-up, a task
 owned by the adapter keeps trying (capped backoff) until they are, or until stop.
 """
@@ -20,6 +22,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from adapters.teams.graph import TeamOwners
+from adapters.teams.ids import TeamsConversationID
 from adapters.teams.inbound import MessagingEndpoint
 from adapters.teams.incident_rooms import TeamsIncidentRooms
 from adapters.teams.media import FileLinks, TeamsFiles
@@ -28,12 +32,22 @@ from adapters.teams.reactions import TeamsReactions
 from adapters.teams.render import media_attachment
 from bridge.config.teams import TeamsSettings
 from bridge.errors import DeliveryError, DependencyUnavailableError, PermanentDeliveryError
-from bridge.model import Attachment, EventID, Platform, RemoteMessageID, RemoteRef, RoomRef, Sender
+from bridge.model import (
+    Attachment,
+    EventID,
+    Platform,
+    RemoteMessageID,
+    RemoteRef,
+    RemoteUserID,
+    RoomRef,
+    Sender,
+)
 from bridge.ports import InboundSink, OutboundMessage
 
 log = structlog.get_logger(__name__)
 
 KEY_RETRY_CAP_S: Final = 60.0
+OWNER_PRIVILEGE: Final = 100
 
 
 class OutboundSender(Protocol):
@@ -79,12 +93,14 @@ class TeamsAdapter:
         links: FileLinks | None = None,
         media_host: MediaHost | None = None,
         incident_rooms: TeamsIncidentRooms | None = None,
+        team_owners: TeamOwners | None = None,
     ) -> None:
         """``session``, when given, is owned by the adapter and closed by ``stop``.
 
         ``reactions``, ``files`` (with the ``links`` the endpoint's converter notes) and
         ``media_host`` enable the reaction line, downloads and uploads; ``incident_rooms``
         incident threads and headers; without them those calls are refused.
+        ``team_owners`` makes team owners privileged (``privilege``); without it, nobody is.
         """
         self._settings = settings
         self._endpoint = endpoint
@@ -96,6 +112,7 @@ class TeamsAdapter:
         self._links = links
         self._media_host = media_host
         self._incident_rooms = incident_rooms
+        self._team_owners = team_owners
         if media_host is not None:
             web_app.add_routes(media_host.routes())
         self._own_ids = frozenset({f"28:{settings.app_id}", settings.app_id})
@@ -217,6 +234,14 @@ class TeamsAdapter:
             target, sender, key, idempotency_key=idempotency_key, original=original
         )
         return None
+
+    async def privilege(self, room: RoomRef, user_id: RemoteUserID) -> int:
+        """100 when ``user_id`` (an AAD object id) owns the team of ``room`` (a channel or a
+        thread in one), else 0: chats, teams not seen yet, Graph unsure or disabled."""
+        if self._team_owners is None or room.platform is not Platform.TEAMS:
+            return 0
+        owner = await self._team_owners.owns(TeamsConversationID(room.room_id), user_id)
+        return OWNER_PRIVILEGE if owner else 0
 
     @property
     def max_media_bytes(self) -> int:

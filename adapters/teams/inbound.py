@@ -11,7 +11,8 @@ For each request, in this order, stopping at the first failure:
 5. the token's serviceurl claim, the channel, tenant and serviceUrl allow-lists
    (``authorize``), else 401 or 403;
 6. the conversation reference stored (StateStore ``teams_conversations``; a channel
-   thread's channel, and nothing when the stored one is unchanged, see ``references``);
+   thread's channel, and nothing when the stored one is unchanged, see ``references``),
+   and, when team owners are operators, the team's AAD group id the activity names;
 7. the events handed to the sink, which returns once they are durable;
 8. 200 with an empty body.
 
@@ -33,7 +34,12 @@ from aiohttp import web
 from adapters.teams.activity import ActivityParseError, TeamsActivity, parse_activity
 from adapters.teams.auth import AuthRejectedError, InboundAuthenticator
 from adapters.teams.convert import ActivityConverter
-from adapters.teams.references import StoredConversationReferences, reference_from
+from adapters.teams.references import (
+    StoredConversationReferences,
+    StoredTeamGroups,
+    reference_from,
+    team_group_from,
+)
 from bridge.errors import DependencyUnavailableError, StoreError
 from bridge.ports import InboundSink
 
@@ -55,12 +61,15 @@ class MessagingEndpoint:
         converter: ActivityConverter,
         references: StoredConversationReferences,
         max_body_bytes: int,
+        team_groups: StoredTeamGroups | None = None,
     ) -> None:
+        """``team_groups``, when given, records each team's AAD group id (for Graph)."""
         self._app_id = app_id
         self._authenticator = authenticator
         self._converter = converter
         self._references = references
         self._max_body_bytes = max_body_bytes
+        self._team_groups = team_groups
         self._sink: InboundSink | None = None
 
     def attach(self, sink: InboundSink) -> None:
@@ -137,6 +146,8 @@ class MessagingEndpoint:
                 reference = reference_from(activity, app_id=self._app_id)
                 if reference is not None:
                     await self._references.record(reference)
+                if self._team_groups is not None and (team := team_group_from(activity)):
+                    await self._team_groups.record(*team)
                 if events:
                     results = await sink.accept(events)
                 else:

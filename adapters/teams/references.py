@@ -15,6 +15,12 @@ from the channel's.
 
 A stored reference whose serviceUrl the settings no longer allow is not handed
 out (the bot's token must never leave the serviceUrl allow-list).
+
+Teams' Entra (AAD) group ids, which Microsoft Graph addresses a team by, are kept
+apart (``StoredTeamGroups``, namespace ``teams_team_groups``, keyed by the team id
+of ``channelData.team.id``): activities in a team's channels name it in
+``channelData.team.aadGroupId``; each team's is written once, and again only if it
+changed.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from bridge.ports import Clock, StateStore
 log = structlog.get_logger(__name__)
 
 NAMESPACE = "teams_conversations"
+TEAM_GROUPS_NAMESPACE = "teams_team_groups"
+MAX_ID_LENGTH = 256
 _DERIVED: Final = None
 """Cached for a thread: no record under its own id, derived from its channel's."""
 _T = TypeVar("_T")
@@ -60,6 +68,19 @@ def reference_from(activity: TeamsActivity, *, app_id: str) -> ConversationRefer
         team_id=activity.team_id,
         channel_id=activity.team_channel_id or _channel_of(activity),
     )
+
+
+def team_group_from(activity: TeamsActivity) -> tuple[str, str] | None:
+    """(team id, the team's AAD group id) when the activity names both, else None."""
+    team = activity.channel_data.get("team") if activity.channel_data is not None else None
+    if not isinstance(team, dict):
+        return None
+    team_id, group_id = team.get("id"), team.get("aadGroupId")
+    if not isinstance(team_id, str) or not isinstance(group_id, str):
+        return None
+    if not (0 < len(team_id) <= MAX_ID_LENGTH and 0 < len(group_id) <= MAX_ID_LENGTH):
+        return None
+    return team_id, group_id
 
 
 def channel_reference(reference: ConversationReference) -> ConversationReference | None:
@@ -183,6 +204,48 @@ class StoredConversationReferences:
     def _remember(self, conversation_id: str, reference: ConversationReference | None) -> None:
         self._cache[conversation_id] = reference
         self._cache.move_to_end(conversation_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+
+class StoredTeamGroups:
+    """Each team's AAD group id on a ``StateStore``, with a bounded cache."""
+
+    def __init__(self, state: StateStore, *, clock: Clock, cache_size: int) -> None:
+        self._state = state
+        self._clock = clock
+        self._cache_size = cache_size
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._loads: _SharedLoads[str | None] = _SharedLoads(self._load)
+
+    async def record(self, team_id: str, aad_group_id: str) -> None:
+        """Store the team's group id unless the same one is known to be stored already."""
+        if self._cache.get(team_id) == aad_group_id:
+            self._cache.move_to_end(team_id)
+            return
+        document: dict[str, Any] = {"aad_group_id": aad_group_id, "updated_at": self._clock.now()}
+        await self._state.put(TEAM_GROUPS_NAMESPACE, team_id, document)
+        self._remember(team_id, aad_group_id)
+
+    async def get(self, team_id: str) -> str | None:
+        """The team's AAD group id, or None when no activity has named it yet."""
+        cached = self._cache.get(team_id)
+        if cached is not None:
+            self._cache.move_to_end(team_id)
+            return cached
+        group_id = await self._loads(team_id)
+        if group_id is not None:
+            self._remember(team_id, group_id)
+        return group_id
+
+    async def _load(self, team_id: str) -> str | None:
+        document = await self._state.get(TEAM_GROUPS_NAMESPACE, team_id)
+        value = document.get("aad_group_id") if document is not None else None
+        return value if isinstance(value, str) and value else None
+
+    def _remember(self, team_id: str, group_id: str) -> None:
+        self._cache[team_id] = group_id
+        self._cache.move_to_end(team_id)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 

@@ -11,6 +11,10 @@ expires; concurrent callers wait for one shared refresh, bounded by
 - ``ClientCredentialsTokenSource``: a plain OAuth client-credentials request over
   aiohttp, for a loopback ``authority`` only (an emulator: MSAL refuses http
   authorities). It refuses any other authority, so a secret never travels in clear.
+
+Both take the scope to ask for: the Bot Connector's (``teams.scope``) by default, or
+another one with the same app credentials (Microsoft Graph: ``teams.graph_scope``);
+each scope gets its own provider and cache.
 """
 
 from __future__ import annotations
@@ -106,8 +110,10 @@ class CachingTokenProvider:
         return None
 
 
-def msal_configuration(settings: TeamsSettings) -> AgentAuthConfiguration:
-    """The SDK's configuration of the bot's credentials."""
+def msal_configuration(
+    settings: TeamsSettings, *, scope: str | None = None
+) -> AgentAuthConfiguration:
+    """The SDK's configuration of the bot's credentials (for ``scope``, else ``teams.scope``)."""
     auth = settings.auth
     return AgentAuthConfiguration(
         auth_type=_AUTH_TYPES[auth.type],
@@ -118,16 +124,17 @@ def msal_configuration(settings: TeamsSettings) -> AgentAuthConfiguration:
         send_x5c=auth.send_x5c,
         federated_token_file=auth.federated_token_path,
         authority=f"{settings.authority}/{settings.tenant_id}",
-        scopes=[settings.scope],
+        scopes=[scope or settings.scope],
     )
 
 
 class MsalTokenSource:
     """Tokens from the Agents SDK's MSAL auth, acquired on a worker thread."""
 
-    def __init__(self, settings: TeamsSettings, *, clock: Clock) -> None:
-        self._credential = MsalAuth(msal_configuration(settings)).get_token_credential()
-        self._scope = settings.scope
+    def __init__(self, settings: TeamsSettings, *, clock: Clock, scope: str | None = None) -> None:
+        self._scope = scope or settings.scope
+        configuration = msal_configuration(settings, scope=self._scope)
+        self._credential = MsalAuth(configuration).get_token_credential()
         self._clock = clock
 
     async def fetch(self) -> IssuedToken:
@@ -150,20 +157,27 @@ class MsalTokenSource:
 class ClientCredentialsTokenSource:
     """Client credentials against a loopback authority (an emulator), over aiohttp."""
 
-    def __init__(self, settings: TeamsSettings, *, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: TeamsSettings,
+        *,
+        session: aiohttp.ClientSession,
+        scope: str | None = None,
+    ) -> None:
         if not settings.uses_loopback_authority:
             raise ValueError("the plain token client is only for a loopback authority")
         if settings.auth.type == "certificate":
             raise ValueError("a loopback authority takes client_secret or workload_identity")
         self._settings = settings
         self._session = session
+        self._scope = scope or settings.scope
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_s)
 
     async def fetch(self) -> IssuedToken:
         form = {
             "grant_type": "client_credentials",
             "client_id": self._settings.app_id,
-            "scope": self._settings.scope,
+            "scope": self._scope,
             **await self._credential(),
         }
         try:
@@ -203,14 +217,21 @@ def _issued(body: bytes) -> IssuedToken:
 
 
 def token_provider_for(
-    settings: TeamsSettings, *, session: aiohttp.ClientSession, clock: Clock
+    settings: TeamsSettings,
+    *,
+    session: aiohttp.ClientSession,
+    clock: Clock,
+    scope: str | None = None,
 ) -> CachingTokenProvider:
-    """The provider the settings call for: MSAL, or the plain client for an emulator."""
+    """The provider the settings call for: MSAL, or the plain client for an emulator.
+
+    ``scope`` is what the tokens are for: the Bot Connector (``teams.scope``) unless given.
+    """
     source: TokenSource
     if settings.uses_loopback_authority:
-        source = ClientCredentialsTokenSource(settings, session=session)
+        source = ClientCredentialsTokenSource(settings, session=session, scope=scope)
     else:
-        source = MsalTokenSource(settings, clock=clock)
+        source = MsalTokenSource(settings, clock=clock, scope=scope)
     return CachingTokenProvider(
         source,
         clock=clock,

@@ -27,6 +27,8 @@ BOT_FRAMEWORK_ISSUER = "https://api.botframework.com"
 MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
 BOT_FRAMEWORK_SCOPE = "https://api.botframework.com/.default"
 PUBLIC_CLOUD_SERVICE_HOST = "smba.trafficmanager.net"
+MICROSOFT_GRAPH_URL = "https://graph.microsoft.com"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 
 _HOST_ENTRY = re.compile(
     r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9-]{1,63}(?::\d{1,5})?$"
@@ -140,6 +142,24 @@ class TeamsSettings(Section):
     # The outbound pacing settings (Teams rate limits, coalescing) go below as a
     # ``pacing`` sub-section owned by adapters/teams/pacing.py.
 
+    # -- Microsoft Graph: team owners as operators ---------------------------
+    team_owners_are_operators: bool = False
+    """Owners of a team may run operator commands (``!bridge link``/``unlink``) in its
+    channels and their threads, as the configured operators may. Off by default: it needs
+    the Microsoft Graph *application* permission ``TeamMember.Read.All`` granted to the
+    bot's Entra app by an administrator (admin consent). Ownership is asked of Graph
+    (``GET /v1.0/teams/{team}/members``) with an app-only token of the bot's own tenant;
+    when Graph cannot answer, the user is not taken for an owner."""
+    graph_url: str = MICROSOFT_GRAPH_URL
+    """The Microsoft Graph endpoint (a national cloud has its own); ``https`` only, plain
+    ``http`` only for a loopback host (an emulator)."""
+    graph_scope: str = GRAPH_SCOPE
+    """The scope of Graph tokens: ``<graph endpoint>/.default``."""
+    team_owner_cache_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    """How long Graph's answer on one user and one team is reused (0: ask every time)."""
+    team_owner_cache_size: Annotated[int, Field(ge=16, le=1_000_000)] = 4096
+    """How many (team, user) answers are kept in memory."""
+
     @field_validator("allowed_tenants")
     @classmethod
     def _no_wildcard_tenant(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -170,7 +190,7 @@ class TeamsSettings(Section):
             raise ValueError("at least one non-empty issuer is required")
         return value
 
-    @field_validator("openid_metadata_url", "authority")
+    @field_validator("openid_metadata_url", "authority", "graph_url")
     @classmethod
     def _trusted_endpoint(cls, value: str) -> str:
         problem = check_trusted_url(value)

@@ -77,6 +77,20 @@ Bodies over 100 KB: 413 ``MessageSizeTooBig``; a conversation the bot is not in
 ``BotNotInConversationRoster``; unknown ones: 404; other routes under ``v3/``: 404,
 recorded as ``Operation.UNKNOWN_CONNECTOR``.
 
+Microsoft Graph (at ``emu.graph_url``; see ``graph``)
+----------------------------------------------------
+``GET /v1.0/teams/{aadGroupId}/members``: conversationMember objects (``id``, ``roles``
+``["owner"]`` or ``[]``, ``displayName``, ``userId``, ``email``, ``tenantId``...), paged
+with ``$top`` and ``@odata.nextLink``, filtered by ``$filter`` on the user id, on
+``roles`` or on the name. It takes only an app-only Graph token of the bot: the token
+endpoint issues one for ``scope=https://graph.microsoft.com/.default`` (``aud``
+``https://graph.microsoft.com``, ``roles`` = ``emu.graph_permissions``, by default
+``["TeamMember.Read.All"]``; set it to ``[]`` for an app without admin consent: 403);
+any other token is 401 ``InvalidAuthenticationToken``. ``emu.mint_graph_token()``.
+Teams get an ``aad_group_id`` (``emu.team_of(channel).aad_group_id``) and owners:
+``add_channel(team, channel, owners=[...])``, ``set_team_owner(team_or_channel, user,
+owner=True)``, ``team_owners(...)``. Calls are in ``emu.graph_calls``; faults apply.
+
 Rate limits (``RateLimitPolicy``), per conversation and kind of operation (``Bucket``):
 sends (send, reply, update, delete, reactions) 7/1 s, 8/2 s, 60/30 s, 1800/h; creates
 the same, counted apart; reads (members, team) 14/1 s, 16/2 s, 120/30 s, 3600/h; and
@@ -101,7 +115,9 @@ send_reply_to_id=True, service_url=)``, ``edit_message``, ``delete_message``,
 Each returns a ``Delivery`` (``.status``, ``.activity``, ``.outcome``). A channel
 post's ``conversation.id`` is ``<channel>;messageid=<root>`` (a new post is its own
 root) and a reply carries ``replyToId`` = the root unless ``send_reply_to_id=False``.
-Edits and deletes carry the edited message's id as the activity id.
+Edits and deletes carry the edited message's id as the activity id. Activities in a
+channel carry ``channelData.team`` with ``id`` and ``aadGroupId`` (and ``name`` on team
+events).
 
 Records: ``emu.calls`` / ``connector_calls`` / ``token_calls`` (``CallRecord``: method,
 path, operation, auth verdict, JSON body, status, fault, time), ``emu.deliveries``,

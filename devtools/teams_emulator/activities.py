@@ -70,12 +70,11 @@ def channel_data(
         data["teamsChannelId"] = conversation.conversation_id
         data["teamsTeamId"] = team.team_id
         channel: JSONObject = {"id": conversation.conversation_id}
-        team_data: JSONObject = {"id": team.team_id}
+        team_data: JSONObject = {"id": team.team_id, "aadGroupId": team.aad_group_id}
         if with_names:
             if conversation.name is not None:
                 channel["name"] = conversation.name
             team_data["name"] = team.name
-            team_data["aadGroupId"] = team.aad_group_id
         data["channel"] = channel
         data["team"] = team_data
     if event_type is not None:

@@ -2,7 +2,8 @@
 
 Everything it hands out is an immutable snapshot; a change replaces the stored object.
 A team's channels share the team's roster and the bot's installation in the team; a
-chat has its own.
+chat has its own. A team's owners are members of its roster marked as owners (a user
+taken off the roster is no longer an owner).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Directory:
         self._teams: dict[TeamID, Team] = {}
         self._conversations: dict[ConversationID, Conversation] = {}
         self._rosters: dict[str, list[AccountID]] = {}
+        self._owners: dict[TeamID, list[AccountID]] = {}
         self._bot_installed: dict[str, bool] = {}
         self._chat_serial = 0
         self._messages: dict[ActivityID, Message] = {}
@@ -99,6 +101,56 @@ class Directory:
     def teams(self) -> tuple[Team, ...]:
         return tuple(self._teams.values())
 
+    def team_of(self, ref: Team | Conversation | str) -> Team:
+        """A team by object, one of its channels, its id, its name or its AAD group id."""
+        if isinstance(ref, Team):
+            return ref
+        if isinstance(ref, Conversation):
+            if ref.team is None:
+                raise UnknownError(f"{ref.conversation_id!r} is not a team's channel")
+            return ref.team
+        by_group = self.team_by_group(ref)
+        if by_group is not None:
+            return by_group
+        channel = self.find_conversation(ref)
+        if channel is not None and channel.team is not None:
+            return channel.team
+        return self.team(ref)
+
+    def team_by_group(self, aad_group_id: str) -> Team | None:
+        """The team whose AAD group id (Graph's team id) is ``aad_group_id``."""
+        wanted = aad_group_id.lower()
+        return next((t for t in self._teams.values() if t.aad_group_id.lower() == wanted), None)
+
+    # -- team owners -----------------------------------------------------------
+
+    def set_team_owner(
+        self, ref: Team | Conversation | str, user: User | str, *, owner: bool = True
+    ) -> None:
+        """Make ``user`` an owner of the team (adding them to it), or a plain member again."""
+        team = self.team_of(ref)
+        account = self.user(user).account_id
+        owners = self._owners.setdefault(team.team_id, [])
+        if owner:
+            roster = self._rosters.setdefault(team.team_id, [])
+            if account not in roster:
+                roster.append(account)
+            if account not in owners:
+                owners.append(account)
+        elif account in owners:
+            owners.remove(account)
+
+    def owners(self, ref: Team | Conversation | str) -> tuple[User, ...]:
+        team = self.team_of(ref)
+        roster = self._rosters.get(team.team_id, [])
+        owners = self._owners.get(team.team_id, [])
+        return tuple(self._users[a] for a in owners if a in roster and a in self._users)
+
+    def is_owner(self, team: Team, user: User) -> bool:
+        return user.account_id in self._owners.get(team.team_id, []) and (
+            user.account_id in self._rosters.get(team.team_id, [])
+        )
+
     def _ensure_team(self, team_name: str, members: Sequence[User] | None) -> Team:
         existing = next((t for t in self._teams.values() if t.name == team_name), None)
         if existing is not None:
@@ -131,9 +183,13 @@ class Directory:
         channel_name: str = GENERAL_CHANNEL,
         *,
         members: Sequence[User] | None = None,
+        owners: Sequence[User] = (),
     ) -> Conversation:
-        """A channel (created with its team, whose roster is ``members`` or every user)."""
+        """A channel (created with its team, whose roster is ``members`` or every user);
+        ``owners`` become owners of the team (and members)."""
         team = self._ensure_team(team_name, members)
+        for owner in owners:
+            self.set_team_owner(team, owner)
         if channel_name == GENERAL_CHANNEL:
             return self.conversation(team.team_id)
         channel_id = self._ids.channel_id(team_name, channel_name)

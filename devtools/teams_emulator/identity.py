@@ -3,7 +3,10 @@
 - ``GET /v1/.well-known/openidconfiguration`` and ``GET /v1/.well-known/keys``: what
   ``login.botframework.com`` publishes; the keys carry ``endorsements``.
 - ``POST /{tenant}/oauth2/v2.0/token``: client credentials for the scope
-  ``https://api.botframework.com/.default``, with the client secret (form fields or
+  ``https://api.botframework.com/.default`` (the connector) or
+  ``https://graph.microsoft.com/.default`` (Microsoft Graph, app-only: ``aud``
+  ``https://graph.microsoft.com`` and ``roles``, the application permissions an
+  administrator granted: ``graph_roles``), with the client secret (form fields or
   HTTP Basic) or a workload-identity client assertion. ``tenant`` is the bot's tenant
   or ``botframework.com``. Errors are Entra ID's (``invalid_client`` with
   ``AADSTS7000215`` for a wrong secret, and so on).
@@ -33,6 +36,8 @@ from devtools.teams_emulator.tokens import (
     CHANNEL_ISSUER,
     CONNECTOR_AUDIENCE,
     CONNECTOR_SCOPE,
+    GRAPH_AUDIENCE,
+    GRAPH_SCOPE,
     JWT_BEARER_ASSERTION,
     TOKEN_LIFETIME,
     WORKLOAD_IDENTITY_AUDIENCE,
@@ -82,6 +87,8 @@ class Identity:
         self._faults = faults
         self._holder = holder
         self._base_url = base_url
+        self.graph_roles: tuple[str, ...] = ("TeamMember.Read.All",)
+        """The Graph application permissions granted to the bot (admin consent)."""
 
     @property
     def workload_issuer(self) -> str:
@@ -265,7 +272,7 @@ class Identity:
                 f"Application with identifier '{client_id}' was not found in the directory.",
             )
         scope = fields.get("scope", "")
-        if scope != CONNECTOR_SCOPE:
+        if scope not in (CONNECTOR_SCOPE, GRAPH_SCOPE):
             return self._entra_error(
                 400, "invalid_scope", 70011, f"The provided value for scope '{scope}' is not valid."
             )
@@ -303,7 +310,11 @@ class Identity:
                 "token_type": "Bearer",
                 "expires_in": int(TOKEN_LIFETIME.total_seconds()),
                 "ext_expires_in": int(TOKEN_LIFETIME.total_seconds()),
-                "access_token": self.mint_access_token(tenant_id=tid, client_auth=acr),
+                "access_token": (
+                    self.mint_graph_token(tenant_id=tid, client_auth=acr)
+                    if scope == GRAPH_SCOPE
+                    else self.mint_access_token(tenant_id=tid, client_auth=acr)
+                ),
             },
         )
 
@@ -326,12 +337,39 @@ class Identity:
 
     def mint_access_token(self, *, tenant_id: str | None = None, client_auth: str = "1") -> str:
         """An access token for the connector, as the token endpoint issues it."""
+        return self._mint_app_token(
+            CONNECTOR_AUDIENCE, tenant_id=tenant_id, client_auth=client_auth
+        )
+
+    def mint_graph_token(
+        self,
+        *,
+        tenant_id: str | None = None,
+        client_auth: str = "1",
+        roles: tuple[str, ...] | None = None,
+    ) -> str:
+        """An app-only Graph token, as the token endpoint issues it (``roles``: the granted
+        application permissions, ``graph_roles`` unless given; none: no ``roles`` claim)."""
+        granted = self.graph_roles if roles is None else roles
+        extra = {"roles": list(granted)} if granted else {}
+        return self._mint_app_token(
+            GRAPH_AUDIENCE, tenant_id=tenant_id, client_auth=client_auth, extra=extra
+        )
+
+    def _mint_app_token(
+        self,
+        audience: str,
+        *,
+        tenant_id: str | None,
+        client_auth: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
         tid = tenant_id or self.tenant_id
         now = self._clock.now()
         key = self.entra_keys.current
         service_principal = self._ids.guid("service-principal", self.app_id)
-        claims = {
-            "aud": CONNECTOR_AUDIENCE,
+        claims: dict[str, Any] = {
+            "aud": audience,
             "iss": entra_issuer(tid),
             "iat": unix(now),
             "nbf": unix(now),
@@ -348,6 +386,7 @@ class Identity:
             "tid": tid,
             "uti": self._ids.unique("uti"),
             "ver": "1.0",
+            **(extra or {}),
         }
         return encode({"kid": key.kid, "x5t": key.kid}, claims, algorithm=Algorithm.RS256, key=key)
 

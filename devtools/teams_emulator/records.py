@@ -42,6 +42,12 @@ class Operation(StrEnum):
     CHANNEL_KEYS = "channel_keys"
     TOKEN_KEYS = "token_keys"  # noqa: S105 - an operation name
     FILE_DOWNLOAD = "file_download"
+    GRAPH_LIST_TEAM_MEMBERS = "graph_list_team_members"
+    UNKNOWN_GRAPH = "unknown_graph_route"
+
+    @property
+    def is_graph(self) -> bool:
+        return self in _GRAPH
 
     @property
     def is_connector(self) -> bool:
@@ -56,8 +62,11 @@ _NOT_CONNECTOR = frozenset(
         Operation.CHANNEL_KEYS,
         Operation.TOKEN_KEYS,
         Operation.FILE_DOWNLOAD,
+        Operation.GRAPH_LIST_TEAM_MEMBERS,
+        Operation.UNKNOWN_GRAPH,
     }
 )
+_GRAPH = frozenset({Operation.GRAPH_LIST_TEAM_MEMBERS, Operation.UNKNOWN_GRAPH})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,7 +83,7 @@ class CallRecord:
     conversation_id: ConversationID | None = None
     activity_id: ActivityID | None = None
     auth: AuthCheck | None = None
-    """The bearer token's verdict (connector calls and attachment downloads)."""
+    """The bearer token's verdict (connector and Graph calls, attachment downloads)."""
     headers: Mapping[str, str]
     body: Any = None
     """The JSON body (form fields for the token endpoint, secrets masked), or None."""

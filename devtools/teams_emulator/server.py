@@ -18,7 +18,8 @@ from devtools.teams_emulator.control import ControlApi
 from devtools.teams_emulator.directory import GENERAL_CHANNEL, Directory
 from devtools.teams_emulator.faults import FaultPlan
 from devtools.teams_emulator.files import FileHost
-from devtools.teams_emulator.identity import Identity
+from devtools.teams_emulator.graph import GraphApi
+from devtools.teams_emulator.identity import Identity, entra_issuer
 from devtools.teams_emulator.ids import IdFactory
 from devtools.teams_emulator.keys import EmulatorKeys, KeySet, PublishedKey, SigningKey
 from devtools.teams_emulator.model import (
@@ -28,6 +29,7 @@ from devtools.teams_emulator.model import (
     Conversation,
     JSONObject,
     Message,
+    Team,
     TenantID,
     User,
     split_thread,
@@ -41,6 +43,7 @@ from devtools.teams_emulator.tokens import (
     Algorithm,
     AuthCheck,
     check_bearer,
+    check_graph_bearer,
     encode,
     unix,
 )
@@ -154,6 +157,17 @@ class TeamsEmulator:
         app.add_routes(FileHost(directory=self.directory, calls=self._calls).routes())
         app.add_routes(self.identity.routes())
         app.add_routes(connector.routes())
+        graph = GraphApi(
+            directory=self.directory,
+            ids=self._ids,
+            clock=self.clock,
+            calls=self._calls,
+            faults=self.faults,
+            holder=self._holder,
+            check_auth=self._check_graph_auth,
+            base_url=lambda: self.base_url,
+        )
+        app.add_routes(graph.routes())
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         self._runner = runner
@@ -225,6 +239,11 @@ class TeamsEmulator:
         return f"{self.token_authority}/{self.tenant_id}/oauth2/v2.0/token"
 
     @property
+    def graph_url(self) -> str:
+        """Microsoft Graph's base (``{base}``): ``{graph_url}/v1.0/teams/{id}/members``."""
+        return self.base_url
+
+    @property
     def page_url(self) -> str:
         return self.base_url + "/"
 
@@ -256,8 +275,24 @@ class TeamsEmulator:
         channel_name: str = GENERAL_CHANNEL,
         *,
         members: Sequence[User] | None = None,
+        owners: Sequence[User] = (),
     ) -> Conversation:
-        return self.directory.add_channel(team_name, channel_name, members=members)
+        """A channel (and its team, with ``members``, else every user); ``owners`` own the team."""
+        return self.directory.add_channel(team_name, channel_name, members=members, owners=owners)
+
+    def set_team_owner(
+        self, team: Team | Conversation | str, user: User | str, *, owner: bool = True
+    ) -> None:
+        """Make ``user`` an owner of the team (a team, one of its channels, its id, name or AAD
+        group id), adding them to it; ``owner=False`` makes them a plain member again."""
+        self.directory.set_team_owner(team, user, owner=owner)
+
+    def team_owners(self, team: Team | Conversation | str) -> tuple[User, ...]:
+        return self.directory.owners(team)
+
+    def team_of(self, ref: Team | Conversation | str) -> Team:
+        """A team by object, channel, id, name or AAD group id (``team.aad_group_id``)."""
+        return self.directory.team_of(ref)
 
     def add_chat(
         self, members: Sequence[User], *, personal: bool = False, topic: str | None = None
@@ -512,6 +547,20 @@ class TeamsEmulator:
         """A valid connector access token of the bot, as the token endpoint issues it."""
         return self.identity.mint_access_token()
 
+    def mint_graph_token(self, *, roles: Sequence[str] | None = None) -> str:
+        """A valid app-only Graph token of the bot (``roles``: the granted permissions,
+        ``graph_permissions`` unless given)."""
+        return self.identity.mint_graph_token(roles=None if roles is None else tuple(roles))
+
+    @property
+    def graph_permissions(self) -> tuple[str, ...]:
+        """Graph application permissions granted to the bot, in the tokens issued from now."""
+        return self.identity.graph_roles
+
+    @graph_permissions.setter
+    def graph_permissions(self, roles: Sequence[str]) -> None:
+        self.identity.graph_roles = tuple(roles)
+
     def mint_workload_token(self, *, subject: str | None = None) -> str:
         """A projected service-account token the token endpoint accepts as a client assertion."""
         return self.identity.mint_workload_token(subject=subject)
@@ -522,6 +571,15 @@ class TeamsEmulator:
             keys=self.entra_keys,
             app_id=self.app_id,
             issuers=self.identity.access_token_issuers,
+            now=self.clock.now(),
+        )
+
+    def _check_graph_auth(self, authorization: str | None) -> tuple[AuthCheck, tuple[str, ...]]:
+        return check_graph_bearer(
+            authorization,
+            keys=self.entra_keys,
+            app_id=self.app_id,
+            issuer=entra_issuer(self.tenant_id),
             now=self.clock.now(),
         )
 
@@ -536,6 +594,11 @@ class TeamsEmulator:
     def connector_calls(self) -> tuple[CallRecord, ...]:
         """Calls to the connector REST API (``/v3/...``), whatever their outcome."""
         return tuple(r for r in self._calls.records if r.operation.is_connector)
+
+    @property
+    def graph_calls(self) -> tuple[CallRecord, ...]:
+        """Calls to Microsoft Graph (``/v1.0/...``), whatever their outcome."""
+        return tuple(r for r in self._calls.records if r.operation.is_graph)
 
     @property
     def token_calls(self) -> tuple[CallRecord, ...]:

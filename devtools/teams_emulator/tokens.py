@@ -25,6 +25,11 @@ CHANNEL_ISSUER: Final = "https://api.botframework.com"
 CONNECTOR_AUDIENCE: Final = "https://api.botframework.com"
 """``aud`` of the bot's access tokens for the connector."""
 CONNECTOR_SCOPE: Final = "https://api.botframework.com/.default"
+GRAPH_AUDIENCE: Final = "https://graph.microsoft.com"
+"""``aud`` of app-only Microsoft Graph tokens (v1 tokens, as Graph's are)."""
+GRAPH_APP_ID: Final = "00000003-0000-0000-c000-000000000000"
+"""Graph's own application id, the other ``aud`` Graph accepts."""
+GRAPH_SCOPE: Final = "https://graph.microsoft.com/.default"
 BOTFRAMEWORK_TENANT: Final = "botframework.com"
 """The tenant multi-tenant bots request connector tokens from."""
 BOTFRAMEWORK_TENANT_ID: Final = "d6d49420-f39b-4df7-a1dc-d59a935871db"
@@ -165,11 +170,54 @@ def check_bearer(
     claims, reason = verify_rs256(token.strip(), keys=keys, now=now, leeway=ACCESS_TOKEN_LEEWAY)
     if claims is None:
         return AuthCheck(valid=False, reason=reason)
+    return _check_claims(
+        claims, app_id=app_id, issuers=issuers, audiences=frozenset({CONNECTOR_AUDIENCE}), now=now
+    )
+
+
+def check_graph_bearer(
+    authorization: str | None,
+    *,
+    keys: KeySet,
+    app_id: str,
+    issuer: str,
+    now: datetime,
+) -> tuple[AuthCheck, tuple[str, ...]]:
+    """Whether a Graph call carries a valid app-only Graph token of this bot (for the
+    tenant's ``issuer``), and the application permissions (``roles``) it holds."""
+    if not authorization:
+        return AuthCheck(valid=False, reason="missing"), ()
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return AuthCheck(valid=False, reason="scheme"), ()
+    claims, reason = verify_rs256(token.strip(), keys=keys, now=now, leeway=ACCESS_TOKEN_LEEWAY)
+    if claims is None:
+        return AuthCheck(valid=False, reason=reason), ()
+    check = _check_claims(
+        claims,
+        app_id=app_id,
+        issuers=frozenset({issuer}),
+        audiences=frozenset({GRAPH_AUDIENCE, GRAPH_APP_ID}),
+        now=now,
+    )
+    roles = claims.get("roles")
+    granted = tuple(r for r in roles if isinstance(r, str)) if isinstance(roles, list) else ()
+    return check, granted
+
+
+def _check_claims(
+    claims: Mapping[str, Any],
+    *,
+    app_id: str,
+    issuers: frozenset[str],
+    audiences: frozenset[str],
+    now: datetime,
+) -> AuthCheck:
     token_app = claims.get("appid") or claims.get("azp")
     expires_at = datetime.fromtimestamp(claims["exp"], tz=now.tzinfo)
     if claims.get("iss") not in issuers:
         return AuthCheck(valid=False, reason="issuer", app_id=token_app)
-    if claims.get("aud") != CONNECTOR_AUDIENCE:
+    if claims.get("aud") not in audiences:
         return AuthCheck(valid=False, reason="audience", app_id=token_app)
     if token_app != app_id:
         return AuthCheck(valid=False, reason="app_id", app_id=token_app)

@@ -231,7 +231,7 @@ async def test_the_token_endpoint_issues_connector_tokens_and_refuses_bad_creden
     }
     for change, expected in (
         ({"client_id": "someone-else"}, (400, "unauthorized_client")),
-        ({"scope": "https://graph.microsoft.com/.default"}, (400, "invalid_scope")),
+        ({"scope": "https://management.azure.com/.default"}, (400, "invalid_scope")),
         ({"grant_type": "password"}, (400, "unsupported_grant_type")),
     ):
         async with session.post(url, data={**form, **change}) as response:
