@@ -17,6 +17,20 @@ log = structlog.get_logger(__name__)
 
 RequestCheck = Callable[[CommandRequest], Awaitable[bool]]
 
+TEAM_OWNER = 100
+"""The privilege a Teams adapter gives an owner of the room's team (when it is set to
+look team owners up; otherwise every Teams user has 0)."""
+
+
+def operator_threshold(platform: Platform, settings: CommandSettings) -> int | None:
+    """The privilege at which a platform's user is an operator in the room (None: never
+    by privilege)."""
+    if platform is Platform.MATRIX:
+        return settings.matrix_power_level
+    if platform is Platform.TEAMS:
+        return TEAM_OWNER
+    return None
+
 
 class Authorizer:
     def __init__(
@@ -49,11 +63,12 @@ class Authorizer:
         if sender.platform is Platform.TEAMS and sender.user_id in operators.teams:
             return True
         adapter = self._adapters.get(sender.platform)
-        if sender.platform is Platform.MATRIX and isinstance(adapter, SupportsPrivilege):
-            try:
-                level = await adapter.privilege(request.room, sender.user_id)
-            except BridgeError as exc:
-                log.warning("privilege_lookup_failed", error=str(exc))
-                return False  # deny when unsure
-            return level >= self._settings.matrix_power_level
-        return False
+        threshold = operator_threshold(sender.platform, self._settings)
+        if threshold is None or not isinstance(adapter, SupportsPrivilege):
+            return False
+        try:
+            level = await adapter.privilege(request.room, sender.user_id)
+        except BridgeError as exc:
+            log.warning("privilege_lookup_failed", error=str(exc))
+            return False  # deny when unsure
+        return level >= threshold
