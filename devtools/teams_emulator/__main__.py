@@ -49,11 +49,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def seed_directory(emulator: TeamsEmulator) -> None:
-    """The demo tenant: three users, a team with two channels, a group chat, a personal chat."""
+    """The demo tenant: three users, a team with two channels (Alice owns it), a group chat,
+    a personal chat."""
     alice = emulator.add_user("Alice Ops")
     bob = emulator.add_user("Bob SRE")
     emulator.add_user("Carol Dev")
-    emulator.add_channel("Operations")
+    emulator.add_channel("Operations", owners=[alice])
     emulator.add_channel("Operations", "Incidents")
     emulator.add_chat([alice, bob], topic="Incident war room")
     emulator.add_chat([alice], personal=True)
@@ -84,6 +85,7 @@ async def serve(arguments: argparse.Namespace) -> int:
             ("issuer", emulator.issuer),
             ("token authority", emulator.token_authority),
             ("token endpoint", emulator.token_endpoint),
+            ("Graph", emulator.graph_url),
             ("bot endpoint", emulator.bot_endpoint or "(none: set --bot-endpoint)"),
         ]
         for label, value in lines:
