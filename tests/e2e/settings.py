@@ -26,6 +26,37 @@ class LinkedPair:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class IncidentOptions:
+    """The ``incidents`` section: who is invited, where incident threads start."""
+
+    matrix_responders: Sequence[str] = ()
+    teams_channel: str | None = None
+    declare_rooms: Sequence[str] = ()
+    key_event_reaction: str | None = None
+    """None: the bridge's default."""
+
+    def as_dict(self) -> dict[str, Any]:
+        section: dict[str, Any] = {
+            "matrix_responders": list(self.matrix_responders),
+            "declare_rooms": list(self.declare_rooms),
+        }
+        if self.teams_channel is not None:
+            section["teams_channel"] = self.teams_channel
+        if self.key_event_reaction is not None:
+            section["key_event_reaction"] = self.key_event_reaction
+        return section
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Operators:
+    """``commands.operators``: platform ids allowed to run operator commands."""
+
+    matrix: Sequence[str] = ()
+    teams: Sequence[str] = ()
+    """AAD object ids."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DaemonSettings:
     mongo_uri: str
     database: str
@@ -37,8 +68,27 @@ class DaemonSettings:
     emulator_service_url: str
     openid_metadata_url: str
     links: Sequence[LinkedPair]
+    incidents: IncidentOptions | None = None
+    operators: Operators | None = None
+    api_token: str | None = None
+    """The timeline API's bearer token (None: the API is not configured)."""
 
     def as_dict(self) -> dict[str, Any]:
+        settings = self._base()
+        if self.incidents is not None:
+            settings["incidents"] = self.incidents.as_dict()
+        if self.operators is not None:
+            settings["commands"] = {
+                "operators": {
+                    "matrix": list(self.operators.matrix),
+                    "teams": list(self.operators.teams),
+                }
+            }
+        if self.api_token is not None:
+            settings["api"] = {"token": self.api_token}
+        return settings
+
+    def _base(self) -> dict[str, Any]:
         reg = self.registration
         return {
             "mongo": {"uri": self.mongo_uri, "database": self.database},

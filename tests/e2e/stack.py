@@ -8,6 +8,11 @@ invited, the settings file linking each pair, the daemon (a child process on
 the port the homeserver's registration names); then the bot is installed in
 each Teams conversation (the daemon stores the conversation reference) and the
 bot has joined each Matrix room. Everything is stopped on the way out.
+
+With ``incidents=True`` the bridge also runs incidents: the General channel of an
+"Incidents" team (the bot installed, not linked) where incident threads start, the
+Matrix user as the on-call responder, the first Teams user an operator, and a fresh
+timeline API token.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from tests.e2e.settings import (
     TEAMS_APP_PASSWORD,
     TEAMS_TENANT_ID,
     DaemonSettings,
+    IncidentOptions,
     LinkedPair,
+    Operators,
 )
 from tests.integration.matrix_fixtures import MatrixAppService
 from tests.support.matrix_user import MatrixUser
@@ -43,6 +50,11 @@ BOT_POWER_LEVEL: Final = 50
 """Enough for the bot to publish the bridge metadata state events."""
 SETUP_WITHIN_S: Final = 30.0
 SETTLE_WITHIN_S: Final = 30.0
+TEAM_NAME: Final = "Operations"
+INCIDENT_TEAM_NAME: Final = "Incidents"
+"""Its General channel is where incident threads start: installing the bot in a team
+reaches the bridge from the General channel only, and the bridge posts only to channels
+it has heard from."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +95,8 @@ class Stack:
         teams_users: tuple[User, User],
         pairs: tuple[Pair, ...],
         mongo: AsyncMongoClient[dict[str, Any]],
+        incident_channel: Conversation | None = None,
+        api_token: str | None = None,
     ) -> None:
         self.servers = servers
         self.session = session
@@ -92,6 +106,10 @@ class Stack:
         self.matrix_token = matrix_token
         self.teams_users = teams_users
         self.pairs = pairs
+        self.incident_channel = incident_channel
+        """Where incident threads start (``incidents=True`` only)."""
+        self.api_token = api_token
+        """The timeline API's bearer token (``incidents=True`` only)."""
         self._mongo = mongo
 
     @property
@@ -173,9 +191,10 @@ async def _set_display_name(
 
 @asynccontextmanager
 async def open_stack(
-    servers: StackServers, *, chats: int = 1, channels: int = 0
+    servers: StackServers, *, chats: int = 1, channels: int = 0, incidents: bool = False
 ) -> AsyncIterator[Stack]:
-    """A running stack with ``chats`` group-chat pairs, then ``channels`` channel pairs."""
+    """A running stack with ``chats`` group-chat pairs, then ``channels`` channel pairs
+    (and incidents, see the module documentation)."""
     port = servers.appservice.port
     async with (
         aiohttp.ClientSession() as session,
@@ -193,8 +212,12 @@ async def open_stack(
             emulator.add_chat([avery, blake], topic=f"incident chat {n}") for n in range(chats)
         ]
         conversations += [
-            emulator.add_channel(f"Operations {n}", members=[avery, blake]) for n in range(channels)
+            emulator.add_channel(f"{TEAM_NAME} {n}", members=[avery, blake])
+            for n in range(channels)
         ]
+        incident_channel = (
+            emulator.add_channel(INCIDENT_TEAM_NAME, members=[avery, blake]) if incidents else None
+        )
         matrix, matrix_token = await _register(session, servers.synapse)
         bot = str(servers.appservice.registration.namespace.bot)
         pairs = tuple(
@@ -206,6 +229,7 @@ async def open_stack(
                 for n, conversation in enumerate(conversations)
             ]
         )
+        api_token = secrets.token_urlsafe(24) if incidents else None
         config = DaemonSettings(
             mongo_uri=servers.mongo.uri,
             database=DATABASE,
@@ -219,6 +243,16 @@ async def open_stack(
             links=[
                 LinkedPair(matrix_room=p.matrix_room, teams_conversation=p.teams_id) for p in pairs
             ],
+            incidents=(
+                IncidentOptions(
+                    matrix_responders=[matrix.user_id],
+                    teams_channel=incident_channel.conversation_id,
+                )
+                if incident_channel is not None
+                else None
+            ),
+            operators=Operators(teams=[avery.aad_object_id]) if incidents else None,
+            api_token=api_token,
         ).write(servers.workdir / "bridge.yaml")
         daemon = BridgeDaemon(config=config, port=port, log_path=servers.workdir / "bridge.log")
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers.mongo.uri, tz_aware=True)
@@ -234,12 +268,18 @@ async def open_stack(
                 teams_users=(avery, blake),
                 pairs=pairs,
                 mongo=mongo,
+                incident_channel=incident_channel,
+                api_token=api_token,
             )
             for pair in pairs:
                 installed, added = await emulator.install_bot(pair.teams)
                 assert installed.ok, (installed.status, installed.error)
                 assert added.ok, (added.status, added.error)
                 await _bot_joined(matrix, pair.matrix_room, bot)
+            if incident_channel is not None:
+                installed, added = await emulator.install_bot(incident_channel)
+                assert installed.ok, (installed.status, installed.error)
+                assert added.ok, (added.status, added.error)
             yield stack
         finally:
             try:
