@@ -175,6 +175,13 @@ class SupportsPrivilege(Protocol):
 
 
 @runtime_checkable
+class SupportsProfiles(Protocol):
+    async def display_name(self, room: RoomRef, user_id: RemoteUserID) -> str | None:
+        """The user's display name (in ``room`` where the platform has per-room names), or
+        None when it cannot be found."""
+
+
+@runtime_checkable
 class SupportsMedia(Protocol):
     """Files carried across the bridge (``bridge.relay.media``).
 

@@ -36,6 +36,7 @@ from bridge.model import (
     Platform,
     RemoteMessageID,
     RemoteRef,
+    RemoteUserID,
     RoomLink,
     RoomRef,
     Sender,
@@ -246,6 +247,20 @@ class MatrixAdapter:
             self._remember_name(room, user, name)
             return name
         return None
+
+    async def display_name(self, room: RoomRef, user_id: RemoteUserID) -> str | None:
+        """The member's name in the room, else their profile's (``SupportsProfiles``)."""
+        name = await self._display_name({"room_id": room.room_id, "sender": user_id})
+        if name is not None:
+            return name
+        try:
+            profile = await self._client.request(
+                "GET", path(CLIENT_V3, "profile", user_id, "displayname")
+            )
+        except BridgeError:
+            return None
+        found = profile.get("displayname")
+        return found if isinstance(found, str) and found else None
 
     # -- outbound (delegated) -------------------------------------------------
     async def send(self, message: OutboundMessage, *, idempotency_key: str) -> RemoteRef:

@@ -224,6 +224,8 @@ class IncidentCommands:
         role = _role(words[0])
         holder = _person(request, words[1:])
         incident = await self._incident(request)
+        if holder != request.sender and holder not in request.event.body.mentions:
+            holder = await self._service.named(incident, holder, request.room)
         saved = await self._service.assign(incident.id, _source(request), role, holder)
         return f"{holder.display_name} is now {role.value} of {saved.id}."
 

@@ -58,6 +58,7 @@ from bridge.ports import (
     Clock,
     IncidentStore,
     SupportsHeader,
+    SupportsProfiles,
     SupportsRoomCreation,
     TimelineStore,
 )
@@ -131,6 +132,24 @@ class IncidentService:
 
     async def is_linked(self, room: RoomRef) -> bool:
         return bool(await self._store.links_for(room))
+
+    async def named(self, incident: Incident, person: Sender, where: RoomRef) -> Sender:
+        """``person`` with the name their platform gives them (a user named by id in a
+        command carries only the id): looked up in ``where`` or the incident's room on
+        their platform; unchanged when it cannot be found."""
+        adapter = self._adapters.get(person.platform)
+        if not isinstance(adapter, SupportsProfiles):
+            return person
+        rooms = [where, *incident.rooms]
+        room = next((r for r in rooms if r.platform is person.platform), None)
+        if room is None:
+            return person
+        try:
+            name = await adapter.display_name(room, person.user_id)
+        except BridgeError as exc:
+            log.warning("display_name_lookup_failed", error=str(exc))
+            return person
+        return replace(person, display_name=name) if name else person
 
     async def incident_of(self, room: RoomRef) -> Incident | None:
         """The incident whose room ``room`` is (by its link), or None."""

@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from bridge.errors import PermanentDeliveryError
-from bridge.model import Platform, RemoteMessageID, RemoteRef, RemoteRoomID, RoomRef, Sender
+from bridge.model import (
+    Platform,
+    RemoteMessageID,
+    RemoteRef,
+    RemoteRoomID,
+    RemoteUserID,
+    RoomRef,
+    Sender,
+)
 from bridge.ports import InboundSink, OutboundMessage
 
 
@@ -58,9 +66,14 @@ class FakeRoomAdapter(FakeAdapter):
     """
 
     teams_channel: str = "19:incidents@thread.tacv2"
+    names: dict[str, str] = field(default_factory=dict)
+    """User id -> display name (``SupportsProfiles``)."""
     created: list[CreatedRoom] = field(default_factory=list)
     headers: list[PutHeader] = field(default_factory=list)
     fail_create: bool = False
+
+    async def display_name(self, room: RoomRef, user_id: RemoteUserID) -> str | None:
+        return self.names.get(user_id)
 
     async def create_room(self, name: str, *, invite: Sequence[str], topic: str) -> RoomRef:
         if self.fail_create:

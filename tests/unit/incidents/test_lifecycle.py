@@ -88,15 +88,16 @@ async def test_the_whole_life_from_both_chats(rig: Rig) -> None:
     assert "SEV1" in rig.teams.headers_in(teams)[-1].text
 
     # Roles: by MXID, and by a Teams mention (the AAD id the message carries).
+    rig.matrix.names[CAROL.user_id] = CAROL.display_name  # what Matrix calls her
     await rig.say("!incident assign scribe @carol:example.org", room=matrix)
-    assert await rig.last_text() == "carol is now scribe of INC-1."
+    assert await rig.last_text() == "Carol is now scribe of INC-1."
     rig.clock.advance(60)
     await rig.say("!incident role assign commander Bob Smith", sender=OLGA, room=teams,
                   mentions=(BOB,))  # fmt: skip
     assert await rig.last_text() == "Bob Smith is now commander of INC-1."
     incident = await rig.incident()
     assert incident.roles[Role.COMMANDER] == BOB
-    assert incident.roles[Role.SCRIBE].user_id == CAROL.user_id
+    assert incident.roles[Role.SCRIBE] == CAROL
     assert incident.acknowledged_at == EPOCH + timedelta(seconds=120)  # the commander took it
     assert "Commander: Bob Smith" in rig.teams.headers_in(teams)[-1].text
 
