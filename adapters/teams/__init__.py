@@ -61,6 +61,7 @@ def create_adapter(context: AdapterContext) -> TeamsAdapter:
             clock=context.clock,
             cache_size=settings.conversation_cache_size,
             service_url_allowed=authenticator.service_url_allowed,
+            home_tenant=settings.tenant_id,
         )
         tokens = token_provider_for(settings, session=session, clock=context.clock)
         pacing = PacingSettings()

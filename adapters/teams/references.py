@@ -116,8 +116,14 @@ class StoredConversationReferences:
         clock: Clock,
         cache_size: int,
         service_url_allowed: Callable[[str], bool] | None = None,
+        home_tenant: str | None = None,
     ) -> None:
+        """``home_tenant``: the bot's own tenant. A channel of it with no reference of its
+        own (the bot's install announced only the team's General channel) is addressed
+        with the last channel reference seen in that tenant: same service URL, tenant and
+        bot, that channel's id."""
         self._state = state
+        self._home = home_tenant
         self._clock = clock
         self._cache_size = cache_size
         self._allowed = service_url_allowed
@@ -151,6 +157,8 @@ class StoredConversationReferences:
             return
         await self.put(channel)
         self._remember(reference.conversation_id, _DERIVED)  # fresher than a record of its own
+        if self._home is not None and channel.tenant_id == self._home:
+            await self.put(replace(channel, conversation_id=_home_key(self._home)))
 
     async def _find(self, conversation_id: TeamsConversationID) -> ConversationReference | None:
         base, marker, _ = conversation_id.partition(THREAD_MARKER)
@@ -188,6 +196,13 @@ class StoredConversationReferences:
             self._cache.move_to_end(conversation_id)
             return cached
         reference = await self._loads(conversation_id)
+        if reference is None and self._home is not None and _is_channel(conversation_id):
+            home = await self._loads(_home_key(self._home))
+            if home is not None:
+                log.info("teams_channel_reference_derived", conversation=conversation_id)
+                reference = replace(
+                    home, conversation_id=conversation_id, channel_id=conversation_id, team_id=None
+                )
         if reference is not None:
             self._remember(conversation_id, reference)
         return reference
@@ -331,3 +346,16 @@ def _channel_of(activity: TeamsActivity) -> str | None:
     if activity.conversation_type == "channel":
         return activity.base_conversation_id
     return None
+
+
+def _home_key(tenant: str) -> TeamsConversationID:
+    """Where the last channel reference seen in the bot's own tenant is kept."""
+    return TeamsConversationID(f"home-channel:{tenant}")
+
+
+def _is_channel(conversation_id: str) -> bool:
+    """A channel's conversation id (``19:...@thread.tacv2`` or ``@thread.skype``), not a
+    chat's (chats are ``19:...@thread.v2``, ``a:...``, ``19:..._...@unq.gbl.spaces``)."""
+    return conversation_id.startswith("19:") and conversation_id.endswith(
+        ("@thread.tacv2", "@thread.skype")
+    )

@@ -296,3 +296,44 @@ async def test_callers_waiting_on_a_cancelled_read_read_again() -> None:
     state.gate.set()
     assert await asyncio.wait_for(waiting, 5.0) == ref(s.GROUP_CHAT)
     assert state.reading == [s.GROUP_CHAT, s.GROUP_CHAT]
+
+
+async def test_a_channel_never_heard_from_is_addressed_like_a_known_one_of_the_tenant() -> None:
+    state = CountingState()
+    references = StoredConversationReferences(
+        state, clock=FakeClock(), cache_size=16, home_tenant=s.TENANT
+    )
+    general = replace(
+        ref("19:general@thread.tacv2;messageid=1"), conversation_type="channel", team_id="t1"
+    )
+    await references.record(general)
+    restarted = StoredConversationReferences(
+        state, clock=FakeClock(), cache_size=16, home_tenant=s.TENANT
+    )
+    incidents = await restarted.get(TeamsConversationID("19:incidents@thread.tacv2"))
+    assert incidents is not None
+    assert incidents.conversation_id == "19:incidents@thread.tacv2"
+    assert (incidents.service_url, incidents.tenant_id, incidents.bot_id) == (
+        general.service_url,
+        general.tenant_id,
+        general.bot_id,
+    )
+    assert incidents.channel_id == "19:incidents@thread.tacv2"
+    thread = await restarted.get(TeamsConversationID("19:incidents@thread.tacv2;messageid=9"))
+    assert thread is not None
+    assert thread.conversation_id == "19:incidents@thread.tacv2;messageid=9"
+    # Chats are never guessed, nor channels of a bot with no home tenant.
+    assert await restarted.get(TeamsConversationID("19:chat@thread.v2")) is None
+    no_home = StoredConversationReferences(state, clock=FakeClock(), cache_size=16)
+    assert await no_home.get(TeamsConversationID("19:other@thread.tacv2")) is None
+
+
+async def test_channels_of_another_tenant_do_not_become_the_home() -> None:
+    state = CountingState()
+    references = StoredConversationReferences(
+        state, clock=FakeClock(), cache_size=16, home_tenant="home-tenant"
+    )
+    await references.record(
+        replace(ref("19:theirs@thread.tacv2;messageid=1"), conversation_type="channel")
+    )
+    assert await references.get(TeamsConversationID("19:incidents@thread.tacv2")) is None
