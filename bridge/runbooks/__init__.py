@@ -1,0 +1,1 @@
+"""Runbooks: automation run from chat, safely (permissions, approvals, no shell), on record."""

@@ -1,0 +1,1 @@
+"""Executors: how a runbook's work is done (an HTTP request, a process, a Kubernetes Job)."""
