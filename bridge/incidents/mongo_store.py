@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -18,6 +18,7 @@ from bridge.errors import StoreError
 from bridge.incidents import codec
 from bridge.incidents.model import Incident, IncidentFilter, IncidentPage
 from bridge.model import IncidentID
+from bridge.timeline.counters import next_number
 from bridge.timeline.mongo import store_errors
 
 Doc = dict[str, Any]
@@ -47,22 +48,7 @@ class MongoIncidentStore:
             )
 
     async def next_id(self) -> IncidentID:
-        async with store_errors("numbering an incident"):
-            try:
-                doc = await self._bump()
-            except DuplicateKeyError:
-                doc = await self._bump()  # two first numbers raced to create the counter
-        if doc is None:
-            raise StoreError("the incident counter was not returned")
-        return IncidentID(f"INC-{int(doc['n'])}")
-
-    async def _bump(self) -> Doc | None:
-        return await self._counters.find_one_and_update(
-            {"_id": COUNTER_ID},
-            {"$inc": {"n": 1}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
+        return IncidentID(f"INC-{await next_number(self._counters, COUNTER_ID)}")
 
     async def create(self, incident: Incident) -> None:
         doc = codec.incident_doc(incident)
