@@ -84,12 +84,13 @@ _QUOTES: Final = "\"'"
 def tokenize(text: str) -> list[tuple[str, bool]]:
     """Split like a shell (quotes, backslash escapes), noting which words were quoted.
 
-    A quoted word is always a positional argument: ``"a=b"`` is text, not an option.
+    A word quoted before any ``=`` is always a positional argument: ``"a=b"`` is text,
+    not an option, while ``key="a b"`` is the option ``key`` with the value ``a b``.
     Nothing is ever expanded or executed; this only splits.
     """
     words: list[tuple[str, bool]] = []
     current: list[str] = []
-    quoted = in_word = False
+    quoted = in_word = keyed = False
     quote: str | None = None
     chars = iter(text)
     for char in chars:
@@ -101,17 +102,19 @@ def tokenize(text: str) -> list[tuple[str, bool]]:
             else:
                 current.append(char)
         elif char in _QUOTES:
-            quote, quoted, in_word = char, True, True
+            quote, in_word = char, True
+            quoted = quoted or not keyed  # quoted before any "=": never an option
         elif char == "\\":
             current.append(next(chars, ""))
             in_word = True
         elif char.isspace():
             if in_word:
                 words.append(("".join(current), quoted))
-            current, quoted, in_word = [], False, False
+            current, quoted, in_word, keyed = [], False, False, False
         else:
             current.append(char)
             in_word = True
+            keyed = keyed or char == "="
     if quote is not None:
         raise CommandSyntaxError(f"a {quote} quote is not closed")
     if in_word:

@@ -23,6 +23,13 @@ def test_quoted_words_are_never_options_or_flags() -> None:
     assert command.flags == frozenset()
 
 
+def test_an_option_value_may_be_quoted() -> None:
+    command = parse_command('!runbook run r service="checkout api" note=\'a=b c\' "k=v w"')
+    assert command is not None
+    assert command.options == {"service": "checkout api", "note": "a=b c"}
+    assert command.args == ("run", "r", "k=v w")
+
+
 @pytest.mark.parametrize("text", ["hello", "! spaced", "!!", "!1abc", "", "   "])
 def test_not_commands(text: str) -> None:
     assert parse_command(text) is None
