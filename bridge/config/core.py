@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, StringConstraints
 
 from bridge.config.matrix import MatrixSettings
 from bridge.config.section import Section
@@ -103,6 +104,31 @@ class LinkSettings(Section):
     """How the channel's threads show in Matrix: Matrix threads, or reply chains."""
 
 
+class RunbookRoleSettings(Section):
+    """A named set of people, used by runbooks' ``access`` and ``approvals.approvers``:
+    anyone matching any rule (platform ids only)."""
+
+    aad_object_ids: tuple[str, ...] = ()
+    aad_groups: tuple[str, ...] = ()
+    """AAD group ids; they count only where the Teams activity carries the groups."""
+    mxids: tuple[str, ...] = ()
+    matrix_power_level: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Matrix users at or above this power level in the room the command is said in."""
+
+
+RoleName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
+
+class RunbookSettings(Section):
+    catalog_dir: Path | None = None
+    """The directory of runbook definitions (``*.yaml``, ``*.yml``; a mounted ConfigMap
+    in Kubernetes). Without it there are no runbooks."""
+    reload_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    """How often the catalog's files are checked for changes (SIGHUP reloads at once)."""
+    roles: dict[RoleName, RunbookRoleSettings] = Field(default_factory=dict)
+    """Role name -> who has it."""
+
+
 class Settings(Section):
     mongo: MongoSettings
     http: HttpSettings = HttpSettings()
@@ -116,3 +142,4 @@ class Settings(Section):
     delivery: DeliveryOptions = DeliveryOptions()
     incidents: IncidentSettings = IncidentSettings()
     api: ApiSettings = ApiSettings()
+    runbooks: RunbookSettings = RunbookSettings()
