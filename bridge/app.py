@@ -52,6 +52,8 @@ from bridge.model import (
 from bridge.ports import ChatAdapter, Clock
 from bridge.relay.delivery import DeliveryService, DeliverySettings
 from bridge.relay.intake import Intake
+from bridge.runbooks.assembly import Runbooks, build_runbooks
+from bridge.runbooks.commands import RunbookCommands
 from bridge.runtime import AdapterContext, CliCommand
 from bridge.tasks import TaskOwner
 from bridge.timeline.mongo import MongoTimelineStore
@@ -151,7 +153,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             clock=clock,
             adapters={a.platform: a for a in bridge.adapters},
             metrics=metrics,
-            owner=settings.delivery.instance_id or f"{socket.gethostname()}-{os.getpid()}",
+            owner=instance_id(settings),
             settings=DeliverySettings(max_rooms=settings.delivery.max_rooms),
             ids=bridge.ids,
         )
@@ -180,7 +182,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
         )
         service = build_incidents(bridge, links, delivery)
         key_events = KeyEventReactions(service=service, key=settings.incidents.key_event_reaction)
-        commands = build_commands(bridge, links, delivery, service)
+        commands = build_commands(
+            bridge, links, delivery, service, await start_runbooks(bridge, delivery, stack)
+        )
         for adapter in bridge.adapters:
             readiness.add(adapter.platform.value, _adapter_check(adapter))
             await adapter.start(intake)
@@ -241,6 +245,41 @@ def _handle_signals(bridge: Bridge, stack: AsyncExitStack) -> None:
         stack.callback(loop.remove_signal_handler, sig)
 
 
+def instance_id(settings: Settings) -> str:
+    """This process's id as owner of leases and runs (stable across restarts if set)."""
+    return settings.delivery.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def start_runbooks(
+    bridge: Bridge, delivery: DeliveryService, stack: AsyncExitStack
+) -> Runbooks:
+    """The runbook feature, started: runs a dead process left are marked ``unknown``
+    first; SIGHUP reloads the catalog; shutdown leaves in-flight runs for the next start
+    to recognise (their heartbeat stops)."""
+    runbooks = await build_runbooks(
+        settings=bridge.settings,
+        database=bridge.store.database,
+        store=bridge.store,
+        clock=bridge.clock,
+        ids=bridge.ids,
+        adapters=bridge.adapters,
+        instance_id=instance_id(bridge.settings),
+        on_stored=delivery.offer,
+        web_app=bridge.web_app,
+    )
+    stack.push_async_callback(runbooks.close)
+    await runbooks.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, runbooks.reload)
+    stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+    return runbooks
+
+
+def _on_sighup(reload: Callable[[], object]) -> None:
+    log.info("signal_received", signal="SIGHUP")
+    reload()
+
+
 async def apply_configured_links(links: LinkService, settings: Settings, clock: Clock) -> None:
     """Make the links listed in the settings (recorded once; a restart adds nothing)."""
     for configured in settings.links:
@@ -280,7 +319,11 @@ def build_incidents(
 
 
 def build_commands(
-    bridge: Bridge, links: LinkService, delivery: DeliveryService, incidents: IncidentService
+    bridge: Bridge,
+    links: LinkService,
+    delivery: DeliveryService,
+    incidents: IncidentService,
+    runbooks: Runbooks | None = None,
 ) -> CommandQueue:
     """The chat command layer: registry, permissions, processor, and its bounded queue."""
     settings = bridge.settings
@@ -294,6 +337,8 @@ def build_commands(
         clock=bridge.clock,
         code_ttl=timedelta(seconds=settings.commands.pairing_code_ttl_s),
     ).register(registry)
+    if runbooks is not None:
+        RunbookCommands(service=runbooks.service).register(registry)
     processor = CommandProcessor(
         store=bridge.store,
         clock=bridge.clock,
