@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import structlog
 from aiohttp import web
@@ -18,7 +19,7 @@ from aiohttp import web
 from bridge.errors import StoreError
 from bridge.model import IncidentID, TimelineEvent
 from bridge.ports import Clock, IncidentStore, TimelineStore
-from bridge.web.auth import AccessDeniedError, AccessUnconfiguredError, ApiAuth
+from bridge.web.auth import AccessDeniedError, AccessUnconfiguredError, ApiAuth, page_key
 from bridge.web.page_html import error_page, render_page
 
 log = structlog.get_logger(__name__)
@@ -101,7 +102,17 @@ class IncidentPages:
             log.warning("incident_page_store_error", incident_id=incident_id, error=str(exc))
             return _html(error_page("Unavailable", "The incident storage did not answer."), 503)
         # Up to 5,000 events are about 0.15 s of rendering: off the event loop.
+        key = page_key(self.auth.token, incident_id) if self.auth.token else ""
+
+        def run_link(run_id: str) -> str:  # the run API takes the incident page's key
+            return f"/api/v1/runs/{quote(run_id, safe='')}?key={key}"
+
         body = await asyncio.to_thread(
-            render_page, incident, events, truncated=truncated, now=self.clock.now()
+            render_page,
+            incident,
+            events,
+            truncated=truncated,
+            now=self.clock.now(),
+            run_link=run_link,
         )
         return _html(body)

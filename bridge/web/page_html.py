@@ -7,7 +7,7 @@ markup from chat reaches the page.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from html import escape
 
@@ -243,7 +243,23 @@ _TAGS = {
 }
 
 
-def _body(entry: Entry) -> str:
+RunLink = Callable[[str], str]
+"""A runbook run's id -> the address of its full output."""
+
+
+def _run_meta(event: TimelineEvent, run_link: RunLink | None) -> str:
+    """A runbook step's run, state and a link to the run's whole output."""
+    run_id, state = event.data.get("run_id"), event.data.get("state")
+    bits = []
+    if isinstance(state, str) and state:
+        bits.append(f"State: {escape(state)}")
+    if isinstance(run_id, str) and run_id:
+        label = f"Output of {escape(run_id)}"
+        bits.append(f'<a href="{escape(run_link(run_id))}">{label}</a>' if run_link else label)
+    return f'<p class="meta">{" · ".join(bits)}</p>' if bits else ""
+
+
+def _body(entry: Entry, run_link: RunLink | None = None) -> str:
     event = entry.event
     if entry.deleted is not None:
         by = escape(entry.deleted.sender.display_name)
@@ -259,9 +275,7 @@ def _body(entry: Entry) -> str:
         text = entry.text
     parts = [f'<p class="text">{escape(text)}</p>' if text else ""]
     if event.kind is Kind.RUNBOOK:
-        outcome = event.data.get("outcome") or event.data.get("status")
-        if outcome:
-            parts.append(f'<p class="meta">Outcome: {escape(str(outcome))}</p>')
+        parts.append(_run_meta(event, run_link))
     if event.body.attachments:
         names = ", ".join(a.name for a in event.body.attachments)
         parts.append(f'<p class="meta">Files: {escape(names)}</p>')
@@ -276,7 +290,7 @@ def _body(entry: Entry) -> str:
     return "".join(parts)
 
 
-def _entry(entry: Entry) -> str:
+def _entry(entry: Entry, run_link: RunLink | None = None) -> str:
     event = entry.event
     classes = ["ev", event.kind.value]
     tags = []
@@ -294,18 +308,20 @@ def _entry(entry: Entry) -> str:
     return (
         f'<li class="{" ".join(classes)}" id="e-{escape(event.id)}"><div class="meta">'
         f"{_clock(event.occurred_at)} {_who(event.sender)}{''.join(tags)}</div>"
-        f"{_body(entry)}{_reactions(entry)}{_mirrors(event)}</li>"
+        f"{_body(entry, run_link)}{_reactions(entry)}{_mirrors(event)}</li>"
     )
 
 
-def _timeline(entries: Iterable[Entry], count: int, *, truncated: bool) -> str:
+def _timeline(
+    entries: Iterable[Entry], count: int, *, truncated: bool, run_link: RunLink | None = None
+) -> str:
     note = (
         f'<p class="note" role="note">Showing the first {count:,} events of this incident; '
         "the timeline API has all of them.</p>"
         if truncated
         else ""
     )
-    items = "".join(_entry(e) for e in entries)
+    items = "".join(_entry(e, run_link) for e in entries)
     return (
         '<section aria-labelledby="timeline-h" id="timeline"><h2 id="timeline-h">Timeline</h2>'
         f"<p>{count:,} events from Teams and Matrix, merged in order. Times are UTC.</p>{note}"
@@ -322,8 +338,10 @@ def render_page(
     *,
     truncated: bool,
     now: datetime,
+    run_link: RunLink | None = None,
 ) -> str:
-    """The whole page for ``incident`` and its events (in timeline order)."""
+    """The whole page for ``incident`` and its events (in timeline order); ``run_link``
+    links each runbook run to its output."""
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -331,7 +349,7 @@ def render_page(
         f'<meta name="robots" content="noindex"><style>{_CSS}</style></head><body>'
         '<a class="skip" href="#timeline">Skip to the timeline</a>'
         f"{_header(incident)}<main>{_facts(incident)}{_chart(incident, events, now)}"
-        f"{_timeline(fold(events), len(events), truncated=truncated)}</main>"
+        f"{_timeline(fold(events), len(events), truncated=truncated, run_link=run_link)}</main>"
         f"<footer><p>Rendered {now:%Y-%m-%d %H:%M:%S} UTC by the incident bridge.</p></footer>"
         "</body></html>"
     )

@@ -199,7 +199,12 @@ async def seed_incident(
                 Kind.RUNBOOK,
                 BRIDGE,
                 f"runbook restart-payments run {n}",
-                data={"outcome": "succeeded"},
+                data={
+                    "step": "finished",
+                    "run_id": f"R-{n}",
+                    "runbook": "restart-payments",
+                    "state": "succeeded",
+                },
             )
         elif last_message is not None and n % 37 == 5:
             await writer.add(

@@ -159,7 +159,12 @@ async def test_hostile_text_is_escaped(env: WebEnv, client_for: ClientFactory) -
         HOSTILE,
         relations=(relation_to(RelationKind.REACTION, message, HOSTILE),),
     )
-    await writer.add(Kind.RUNBOOK, BRIDGE, HOSTILE, data={"outcome": HOSTILE})
+    await writer.add(
+        Kind.RUNBOOK,
+        BRIDGE,
+        HOSTILE,
+        data={"step": "finished", "run_id": HOSTILE, "runbook": HOSTILE, "state": HOSTILE},
+    )
     await writer.change(
         EVIL, IncidentChange(action=Action.KEY_EVENT, incident_id=incident.id, text=HOSTILE)
     )
@@ -179,6 +184,26 @@ async def test_hostile_text_is_escaped(env: WebEnv, client_for: ClientFactory) -
     text = "".join(structure.text)
     assert HOSTILE in text  # shown as text, exactly as written
     assert '<b onmouseover="steal()">Mallory</b>' in text
+
+
+async def test_a_runbook_step_links_to_the_runs_output(
+    env: WebEnv, client_for: ClientFactory
+) -> None:
+    incident = await seed_incident(env.incidents, env.timeline, events=0)
+    writer = TimelineWriter(env.timeline, incident.id)
+    await writer.add(
+        Kind.RUNBOOK,
+        BRIDGE,
+        "restart-payments succeeded",
+        data={"step": "finished", "run_id": "R-7", "runbook": "restart-payments",
+              "state": "succeeded"},
+    )  # fmt: skip
+    async with client_for() as client:
+        response = await client.get(f"/incidents/{incident.id}?key={key_for(incident.id)}")
+        html = await response.text()
+    assert response.status == 200
+    assert "State: succeeded" in html
+    assert f'href="/api/v1/runs/R-7?key={key_for(incident.id)}"' in html
 
 
 async def test_page_structure_is_accessible(env: WebEnv) -> None:
