@@ -169,13 +169,10 @@ class RunExecution:
         first = await self._runs.find([RunState.RUNNING], runbook=runbook.name, limit=limit)
         if started.id not in {r.id for r in first}:
             return await self._refuse(started, limit)
-        await self._recorder.step(
+        await self._recorder.of_run(
             StepKind.STARTED,
-            run_id=started.id,
-            runbook=started.runbook,
-            state=started.state,
+            started,
             key=f"{started.id}:started",
-            incident_id=started.incident_id,
             detail=f"on {self.owner}",
         )
         log.info("runbook_started", run_id=started.id, runbook=runbook.name)
@@ -191,13 +188,10 @@ class RunExecution:
             replace(run, state=RunState.FAILED, finished_at=self._clock.now(), outcome=reason)
         )
         if saved is not None:
-            await self._recorder.step(
+            await self._recorder.of_run(
                 StepKind.FINISHED,
-                run_id=saved.id,
-                runbook=saved.runbook,
-                state=saved.state,
+                saved,
                 key=f"{saved.id}:refused",
-                incident_id=saved.incident_id,
                 detail=reason,
             )
         return f"{run.id} {reason}; request it again when one has finished."
@@ -271,14 +265,12 @@ class RunExecution:
             new = text[sent:] if len(text) >= sent else text
             sent = len(text)
             if new:
-                await self._recorder.step(
+                await self._recorder.of_run(
                     StepKind.OUTPUT,
-                    run_id=run.id,
-                    runbook=run.runbook,
-                    state=RunState.RUNNING,
+                    run,
                     key=f"{run.id}:output:{self._ids.new()}",
-                    incident_id=run.incident_id,
                     detail=new[-OUTPUT_STEP_CHARS:],
+                    state=RunState.RUNNING,
                 )
 
     def _render(self, run: Run, runbook: Runbook, status: str, output: str) -> str:
@@ -319,14 +311,12 @@ class RunExecution:
             if saved is not None:
                 final = saved
                 break
-        await self._recorder.step(
+        await self._recorder.of_run(
             StepKind.FINISHED,
-            run_id=run.id,
-            runbook=run.runbook,
-            state=final.state,
+            run,
             key=f"{run.id}:finished",
-            incident_id=run.incident_id,
             detail=final.outcome or summary,
+            state=final.state,
         )
         log.info("runbook_finished", run_id=run.id, state=final.state.value)
         took = (now - (run.started_at or now)).total_seconds()
@@ -364,13 +354,10 @@ class RunExecution:
                 )
             )
             if saved is not None:
-                await self._recorder.step(
+                await self._recorder.of_run(
                     StepKind.FINISHED,
-                    run_id=saved.id,
-                    runbook=saved.runbook,
-                    state=saved.state,
+                    saved,
                     key=f"{saved.id}:finished",
-                    incident_id=saved.incident_id,
                     detail=reason,
                 )
                 if current.state is RunState.RUNNING:
@@ -450,25 +437,19 @@ class RunExecution:
             )
         )
         if saved is not None:
-            await self._recorder.step(
+            await self._recorder.of_run(
                 StepKind.FINISHED,
-                run_id=saved.id,
-                runbook=saved.runbook,
-                state=saved.state,
+                saved,
                 key=f"{saved.id}:finished",
-                incident_id=saved.incident_id,
                 detail="expired",
             )
 
     async def _announce_orphan(self, run: Run) -> None:
         log.warning("runbook_run_orphaned", run_id=run.id, owner=run.owner)
-        await self._recorder.step(
+        await self._recorder.of_run(
             StepKind.ORPHANED,
-            run_id=run.id,
-            runbook=run.runbook,
-            state=run.state,
+            run,
             key=f"{run.id}:orphaned",
-            incident_id=run.incident_id,
             detail=run.outcome,
         )
         rooms = await self._rooms(run)

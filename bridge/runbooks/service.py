@@ -110,6 +110,28 @@ class RunRecorder:
         )
         await self._store.append(event, [])
 
+    async def of_run(
+        self,
+        step: StepKind,
+        run: Run,
+        *,
+        key: str,
+        detail: str = "",
+        sender: Sender = BRIDGE_BOT,
+        state: RunState | None = None,
+    ) -> None:
+        """``step`` for ``run`` (its id, runbook, incident and, unless given, state)."""
+        await self.step(
+            step,
+            run_id=run.id,
+            runbook=run.runbook,
+            state=run.state if state is None else state,
+            key=key,
+            sender=sender,
+            incident_id=run.incident_id,
+            detail=detail,
+        )
+
 
 class RunbookService:
     """Requests, approvals, denials, cancels and status of runs (see the module doc)."""
@@ -385,27 +407,21 @@ class RunbookService:
     # -- recording --------------------------------------------------------------------
     async def _reject(self, run: Run, actor: Actor, reason: str) -> None:
         log.info("runbook_step_rejected", run_id=run.id, reason=reason)
-        await self.recorder.step(
+        await self.recorder.of_run(
             StepKind.REJECTED,
-            run_id=run.id,
-            runbook=run.runbook,
-            state=run.state,
+            run,
             key=f"{run.id}:rejected:{actor.event_id}",
-            sender=actor.sender,
-            incident_id=run.incident_id,
             detail=reason,
+            sender=actor.sender,
         )
 
     async def _step(self, run: Run, step: StepKind, sender: Sender, detail: str) -> None:
-        await self.recorder.step(
+        await self.recorder.of_run(
             step,
-            run_id=run.id,
-            runbook=run.runbook,
-            state=run.state,
+            run,
             key=f"{run.id}:{step.value}:{run.version}",
-            sender=sender,
-            incident_id=run.incident_id,
             detail=detail,
+            sender=sender,
         )
 
 
