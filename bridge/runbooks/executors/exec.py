@@ -22,9 +22,9 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import structlog
 
@@ -37,6 +37,7 @@ from bridge.runbooks.executors.base import (
 )
 from bridge.runbooks.model import ExecSpec, RunState
 from bridge.runbooks.templates import format_value, mask, render_masked, render_text
+from bridge.tasks import finish_despite_cancel
 
 log = structlog.get_logger(__name__)
 
@@ -101,7 +102,7 @@ class ExecExecutor:
                 _signal_group(pid, signal.SIGKILL)
                 await _within(watch.output_closed, self._drain_timeout_s)
             except asyncio.CancelledError:
-                await _finish_despite_cancel(self._stop(pid, watch))
+                await finish_despite_cancel(self._stop(pid, watch))
                 log.info("runbook_exec_stopped", run_id=invocation.run_id, pid=pid)
                 raise
         finally:
@@ -301,20 +302,3 @@ async def _within(future: asyncio.Future[None], seconds: float) -> bool:
     if not future.done():
         await asyncio.wait({future}, timeout=seconds)
     return future.done()
-
-
-async def _finish_despite_cancel(cleanup: Coroutine[Any, Any, None]) -> None:
-    """Run ``cleanup`` to its end even if this task is cancelled again meanwhile; a
-    further cancellation is re-raised once it has finished."""
-    task = asyncio.ensure_future(cleanup)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError

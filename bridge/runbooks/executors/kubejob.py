@@ -48,6 +48,7 @@ from bridge.runbooks.executors.kubejob_manifest import (
 )
 from bridge.runbooks.model import RunState
 from bridge.runbooks.templates import mask
+from bridge.tasks import finish_despite_cancel
 
 log = structlog.get_logger(__name__)
 
@@ -238,25 +239,21 @@ class KubernetesJobExecutor:
     async def _delete(self, job: JobManifest, bound: Any) -> None:
         """Delete the Job (Background propagation) within ``delete_timeout_s``. A cancel of
         the caller while this runs does not cut it short: it is raised once this is done."""
+        await finish_despite_cancel(self._delete_within_deadline(job, bound))
+
+    async def _delete_within_deadline(self, job: JobManifest, bound: Any) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = started + self._settings.delete_timeout_s
-        deleting = loop.create_task(
-            self._client.delete_job(job.namespace, job.name), name=f"kube-job-delete:{job.name}"
-        )
-        cancelled = False
-        while not deleting.done() and loop.time() < deadline:
-            try:
-                await asyncio.wait({deleting}, timeout=deadline - loop.time())
-            except asyncio.CancelledError:
-                cancelled = True
-        if not deleting.done():
-            deleting.cancel()
-            await asyncio.wait({deleting})
-        took_ms = round((loop.time() - started) * 1000)
-        if deleting.cancelled():
+        try:
+            found = await asyncio.wait_for(
+                self._client.delete_job(job.namespace, job.name),
+                timeout=self._settings.delete_timeout_s,
+            )
+        except TimeoutError:
+            took_ms = round((loop.time() - started) * 1000)
             bound.warning("kube_job_delete_failed", error="timeout", took_ms=took_ms)
-        elif isinstance(failure := deleting.exception(), Exception):
+        except KubeError as failure:
+            took_ms = round((loop.time() - started) * 1000)
             bound.warning(
                 "kube_job_delete_failed",
                 error=type(failure).__name__,
@@ -264,9 +261,8 @@ class KubernetesJobExecutor:
                 took_ms=took_ms,
             )
         else:
-            bound.info("kube_job_deleted", found=deleting.result(), took_ms=took_ms)
-        if cancelled:
-            raise asyncio.CancelledError
+            took_ms = round((loop.time() - started) * 1000)
+            bound.info("kube_job_deleted", found=found, took_ms=took_ms)
 
 
 def _safe(exc: KubeError, secrets: Mapping[str, str]) -> str:
