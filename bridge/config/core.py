@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, StringConstraints
+from pydantic import Field, SecretStr, StringConstraints, model_validator
 
 from bridge.config.matrix import MatrixSettings
 from bridge.config.section import Section
@@ -127,6 +127,26 @@ class RunbookSettings(Section):
     """How often the catalog's files are checked for changes (SIGHUP reloads at once)."""
     roles: dict[RoleName, RunbookRoleSettings] = Field(default_factory=dict)
     """Role name -> who has it."""
+    heartbeat_interval_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    """How often this process marks its running runs alive in MongoDB."""
+    stale_after_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """A run without a heartbeat for this long is ``unknown`` (its process died); never
+    re-run. Keep it several heartbeats long."""
+    sweep_interval_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    """How often each process looks for stale runs (and once at start-up)."""
+    output_edit_interval_s: Annotated[float, Field(ge=0.2, le=60)] = 2.0
+    """The least time between two edits of a run's message as its output grows."""
+    max_output_chars: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 256 * 1024
+    """How much of a run's output is kept (the rest is cut, and said so)."""
+
+    @model_validator(mode="after")
+    def _stale_after_heartbeats(self) -> RunbookSettings:
+        if self.stale_after_s < 3 * self.heartbeat_interval_s:
+            raise ValueError(
+                "stale_after_s must be at least three heartbeat_interval_s, or a live"
+                " run could be taken for dead"
+            )
+        return self
 
 
 class Settings(Section):

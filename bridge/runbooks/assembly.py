@@ -94,7 +94,7 @@ async def build_runbooks(
         recorder=RunRecorder(store=store, clock=clock, ids=ids),
         clock=clock,
         ids=ids,
-        settings=ExecutionSettings(instance_id=instance_id),
+        settings=_execution_settings(settings, instance_id),
         on_stored=on_stored,
         run_link=_run_link(settings),
     )
@@ -134,3 +134,15 @@ def _run_link(settings: Settings) -> Callable[[Run], str | None]:
         return f"{base}/api/v1/runs/{quote(run.id, safe='')}?key={key}"
 
     return link
+
+
+def _execution_settings(settings: Settings, instance_id: str) -> ExecutionSettings:
+    runbooks = settings.runbooks
+    return ExecutionSettings(
+        instance_id=instance_id,
+        heartbeat_s=runbooks.heartbeat_interval_s,
+        stale_after_s=runbooks.stale_after_s,
+        sweep_s=runbooks.sweep_interval_s,
+        edit_interval_s=runbooks.output_edit_interval_s,
+        max_output_chars=runbooks.max_output_chars,
+    )

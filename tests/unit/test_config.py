@@ -133,3 +133,19 @@ def test_list_values_from_the_environment(tmp_path: Path) -> None:
         path, {"BRIDGE__MATRIX__INVITES__SERVERS": "[example.org, ops.example.org]"}
     )
     assert settings.matrix.invites.servers == ("example.org", "ops.example.org")
+
+
+def test_runbook_run_timings_are_settings_and_checked_together() -> None:
+    env = {
+        "BRIDGE__MONGO__URI": "mongodb://db",
+        "BRIDGE__RUNBOOKS__HEARTBEAT_INTERVAL_S": "1",
+        "BRIDGE__RUNBOOKS__STALE_AFTER_S": "5",
+        "BRIDGE__RUNBOOKS__SWEEP_INTERVAL_S": "2",
+    }
+    runbooks = load_settings(None, env).runbooks
+    assert (runbooks.heartbeat_interval_s, runbooks.stale_after_s) == (1.0, 5.0)
+    assert runbooks.sweep_interval_s == 2.0
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, {**env, "BRIDGE__RUNBOOKS__STALE_AFTER_S": "2"})
+    assert "runbooks" in str(caught.value)
+    assert "three heartbeat_interval_s" in str(caught.value)
