@@ -23,6 +23,33 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
+# An offline wheelhouse for the test that builds the image's environment with the
+# image's install step (deploy/install-runtime.sh): the pinned runtime wheels and the
+# build backend. Fetched again when deploy/requirements.lock or pyproject.toml changes;
+# a failure here leaves the old one alone and only that test fails.
+wheelhouse=.venv/wheelhouse
+wheel_stamp="$wheelhouse/.lock-$(cat deploy/requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$wheel_stamp" ]; then
+    echo "bootstrap: downloading the runtime wheels into $wheelhouse" >&2
+    fresh=$(mktemp -d .venv/wheelhouse.XXXXXX)
+    wlog=.venv/wheelhouse.log
+    if { .venv/bin/python -m pip download --disable-pip-version-check --no-deps \
+             --only-binary=:all: --dest "$fresh" --requirement deploy/requirements.lock \
+         && .venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
+             >"$fresh/build-requires.txt" \
+         && .venv/bin/python -m pip download --disable-pip-version-check \
+             --only-binary=:all: --dest "$fresh" --requirement "$fresh/build-requires.txt"; \
+       } >"$wlog" 2>&1; then
+        touch "$fresh/.lock-${wheel_stamp##*/.lock-}"
+        rm -rf "$wheelhouse"
+        mv "$fresh" "$wheelhouse"
+    else
+        rm -rf "$fresh"
+        tail -n 20 "$wlog" >&2
+        echo "bootstrap: the runtime wheels could not be downloaded (the image environment" \
+             "test will fail); the log is $wlog" >&2
+    fi
+fi
 # The incident page is tested in a real headless browser: Debian's chromium. Installed
 # only when it is missing and apt-get can be used (root, non-interactive); otherwise
 # the page's browser test fails and names this script.
