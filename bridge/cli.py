@@ -1,20 +1,25 @@
-"""The ``incident-bridge`` command line: ``run``, ``check-config``, ``postmortem ID``
-and the adapters' commands.
+"""The ``incident-bridge`` command line: ``run``, ``check-config``, ``postmortem ID``,
+``probe`` and the adapters' commands.
 
 Exit codes (``bridge.exitcodes``): 0 success, 64 usage error (for ``postmortem``: also
 no such incident, or an output file that cannot be written), 69 a dependency could
-not be reached, 70 internal error, 78 invalid settings.
+not be reached, 70 internal error, 78 invalid settings. ``probe`` is a container
+health check and answers as one: 0 ready, 1 not ready.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -30,6 +35,10 @@ from bridge.runtime import CliCommand
 CONFIG_ENV = "BRIDGE_CONFIG"
 TIMELINE_PAGE = 500
 """Events read per round trip when a command reads a whole timeline."""
+PROBE_URL = "http://127.0.0.1:8080/readyz"
+PROBE_TIMEOUT_S = 3.0
+PROBE_UNHEALTHY = 1
+"""What ``probe`` exits with when the daemon is not ready (a container health check's 1)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     postmortem.add_argument(
         "-o", "--output", type=Path, default=None, help="write to FILE instead of stdout"
     )
+    _add_probe_arguments(
+        commands.add_parser("probe", help="exit 0 if the local daemon is ready, 1 if not")
+    )
     from bridge.app import adapter_commands  # noqa: PLC0415 - the composition root knows adapters
 
     for command in adapter_commands():
@@ -73,7 +85,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_probe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", default=PROBE_URL, help=f"readiness URL to GET (default: {PROBE_URL})"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=PROBE_TIMEOUT_S,
+        help=f"seconds to wait for the answer (default: {PROBE_TIMEOUT_S:g})",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["probe"]:
+        # Before the full parser, which imports every adapter and its SDK: a health
+        # check runs every few seconds and should cost little.
+        return _probe_command(words[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors; we document 64
@@ -86,6 +115,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _postmortem(args.config, IncidentID(args.incident_id), args.output)
     command: CliCommand = args.extension
     return command.run(args)
+
+
+def _probe_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="incident-bridge probe",
+        description="Exit 0 if the local daemon's readiness URL answers 2xx, else 1.",
+    )
+    _add_probe_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exitcodes.OK if exc.code == 0 else exitcodes.USAGE
+    if urlsplit(args.url).scheme not in {"http", "https"} or not 0 < args.timeout <= 300:
+        print(
+            "incident-bridge probe: --url must be http(s), --timeout in (0, 300]", file=sys.stderr
+        )
+        return exitcodes.USAGE
+    return probe(args.url, timeout_s=args.timeout)
+
+
+def probe(url: str, *, timeout_s: float) -> int:
+    """GET ``url`` once: 0 when it answers 2xx within ``timeout_s``, else 1 (the reason
+    on stderr). Proxy variables are ignored: the daemon is local."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout_s) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        print(f"incident-bridge probe: {url} answered {exc.code}", file=sys.stderr)
+        return PROBE_UNHEALTHY
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
+        reason = getattr(exc, "reason", exc)
+        print(f"incident-bridge probe: {url} unreachable: {reason}", file=sys.stderr)
+        return PROBE_UNHEALTHY
+    if not 200 <= status < 300:
+        print(f"incident-bridge probe: {url} answered {status}", file=sys.stderr)
+        return PROBE_UNHEALTHY
+    print(f"{url}: {status}")
+    return exitcodes.OK
 
 
 def _load(path: Path | None) -> Settings:
