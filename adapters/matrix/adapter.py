@@ -6,8 +6,10 @@ invites are answered per the allow-list, and the events go to the core's sink,
 which stores them before the homeserver gets its 200.
 
 Outbound: delegated to ``MatrixSender`` (ghosts, edits, redactions, reactions,
-media). Readiness: the bot is registered, the homeserver answered the AS ping
-(so it can reach us), and it keeps answering.
+media). Readiness: the bot is registered and the homeserver keeps answering. The AS
+ping (the homeserver calls us back, and retries what it queued) is sent at start-up
+until answered, but does not gate readiness: behind a Kubernetes Service the callback
+cannot reach a process that is not ready yet.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ log = structlog.get_logger(__name__)
 
 HEALTH_INTERVAL_S = 15.0
 RETRY_MAX_S = 30.0
+PING_RETRY_MAX_S = 5.0
+"""The AS ping is retried at least this often until the homeserver calls us back."""
 
 
 class MatrixAdapter:
@@ -81,7 +85,6 @@ class MatrixAdapter:
         self._sink: InboundSink | None = None
         self._tasks = TaskOwner("matrix")
         self._registered = False
-        self._pinged = False
         self._reachable = False
         self._names: OrderedDict[tuple[str, str], str] = OrderedDict()
         self.endpoints = AppServiceEndpoints(
@@ -95,7 +98,7 @@ class MatrixAdapter:
     # -- lifecycle ------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self._sink is not None and self._registered and self._pinged and self._reachable
+        return self._sink is not None and self._registered and self._reachable
 
     async def start(self, sink: InboundSink) -> None:
         self._sink = sink
@@ -111,24 +114,20 @@ class MatrixAdapter:
         return sender.platform is Platform.MATRIX and self._namespace.is_own(sender.user_id)
 
     async def _watch_homeserver(self) -> None:
-        """Register the bot, ping through the AS ping API, then keep checking reachability."""
+        """Register the bot, then keep checking that the homeserver answers. The AS ping
+        runs beside it and does not gate readiness: the homeserver reaches this process
+        through a load balancer that sends nothing to a process that is not ready yet."""
         delay = 0.5
-        while not (self._registered and self._pinged):
+        while not self._registered:
             try:
-                if not self._registered:
-                    await self._register_bot()
-                    self._registered = True
-                await self._client.request(
-                    "POST",
-                    path(CLIENT_V1, "appservice", self._settings.as_id, "ping"),
-                    json={"transaction_id": f"ping-{secrets.token_hex(8)}"},
-                )
-                self._pinged = self._reachable = True
-                log.info("homeserver_pinged")
+                await self._register_bot()
             except BridgeError as exc:
                 log.warning("homeserver_not_ready", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(RETRY_MAX_S, delay * 2)
+            else:
+                self._registered = self._reachable = True
+        self._tasks.start(self._ping_until_answered(), name="as-ping")
         while True:
             await asyncio.sleep(self._health_interval)
             try:
@@ -139,6 +138,25 @@ class MatrixAdapter:
                 self._reachable = False
             else:
                 self._reachable = True
+
+    async def _ping_until_answered(self) -> None:
+        """Ask the homeserver to call this application service back (the AS ping API);
+        its answer also makes it retry the transactions it queued while we were away."""
+        delay = 0.5
+        while True:
+            try:
+                await self._client.request(
+                    "POST",
+                    path(CLIENT_V1, "appservice", self._settings.as_id, "ping"),
+                    json={"transaction_id": f"ping-{secrets.token_hex(8)}"},
+                )
+            except BridgeError as exc:
+                log.warning("homeserver_ping_failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(PING_RETRY_MAX_S, delay * 2)
+            else:
+                log.info("homeserver_pinged")
+                return
 
     async def _register_bot(self) -> None:
         try:

@@ -1,4 +1,5 @@
-"""Readiness follows the homeserver: registered, pinged, and still answering."""
+"""Readiness follows the homeserver: registered and still answering; the AS ping is
+sent until answered without gating readiness."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from tests.support.waiting import eventually
 @dataclass
 class FakeHomeserver:
     up: bool = True
+    ping_up: bool = True
     pings: int = 0
     requests: int = 0
 
@@ -39,6 +41,8 @@ class FakeHomeserver:
 
         async def ping(request: web.Request) -> web.Response:
             self.pings += 1
+            if not self.ping_up:  # the homeserver could not call the AS back
+                return web.json_response({"errcode": "M_CONNECTION_FAILED"}, status=502)
             return await ok(request)
 
         app = web.Application()
@@ -107,8 +111,12 @@ async def test_ready_tracks_the_homeserver(rig: tuple[FakeHomeserver, MatrixAdap
     async def not_ready() -> bool:
         return not adapter.ready
 
-    await eventually(ready, within=5, what="ready after the AS ping")
-    assert homeserver.pings == 1
+    await eventually(ready, within=5, what="ready once registered")
+
+    async def pinged_once() -> bool:
+        return homeserver.pings == 1
+
+    await eventually(pinged_once, within=5, what="the AS ping")
     homeserver.up = False
     await eventually(not_ready, within=5, what="not ready while the homeserver fails")
     homeserver.up = True
@@ -127,3 +135,33 @@ async def test_not_ready_until_the_homeserver_answers_the_ping(
 
     await eventually(tried, within=5, what="a first attempt")
     assert not adapter.ready
+
+
+async def test_ready_while_the_homeserver_cannot_call_back_and_ping_is_retried(
+    rig: tuple[FakeHomeserver, MatrixAdapter],
+) -> None:
+    """At a cold start behind a Service no replica is ready, so the homeserver's
+    callback reaches none: readiness must not wait for it."""
+    homeserver, adapter = rig
+    homeserver.ping_up = False
+    await adapter.start(NoSink())
+
+    async def ready_and_retrying() -> bool:
+        return adapter.ready and homeserver.pings >= 2
+
+    await eventually(ready_and_retrying, within=10, what="ready, the ping retried")
+    homeserver.ping_up = True
+    answered = homeserver.pings + 1
+
+    async def answered_then_stopped() -> bool:
+        return homeserver.pings >= answered
+
+    await eventually(answered_then_stopped, within=10, what="the ping answered")
+    settled, checks = homeserver.pings, homeserver.requests
+
+    async def checked_again() -> bool:
+        return homeserver.requests >= checks + 5
+
+    await eventually(checked_again, within=5, what="more reachability checks")
+    assert adapter.ready
+    assert homeserver.pings == settled  # no more pings once answered
