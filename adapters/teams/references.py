@@ -150,13 +150,19 @@ class StoredConversationReferences:
         self._remember(reference.conversation_id, reference)
 
     async def record(self, reference: ConversationReference) -> None:
-        """Store what an activity's reference needs: a chat's own, a channel thread's channel."""
+        """Store what an activity's reference needs: a chat's own, a channel thread's channel,
+        and, for any channel of the bot's own tenant (a thread's, or the channel itself as
+        in the install's and the team's events on the General channel), the tenant's
+        fallback channel reference."""
         channel = channel_reference(reference)
         if channel is None:
             await self.put(reference)
-            return
-        await self.put(channel)
-        self._remember(reference.conversation_id, _DERIVED)  # fresher than a record of its own
+            if not _is_channel_reference(reference):
+                return
+            channel = reference
+        else:
+            await self.put(channel)
+            self._remember(reference.conversation_id, _DERIVED)  # fresher than a record of its own
         if self._home is not None and channel.tenant_id == self._home:
             await self.put(replace(channel, conversation_id=_home_key(self._home)))
 
@@ -351,6 +357,11 @@ def _channel_of(activity: TeamsActivity) -> str | None:
 def _home_key(tenant: str) -> TeamsConversationID:
     """Where the last channel reference seen in the bot's own tenant is kept."""
     return TeamsConversationID(f"home-channel:{tenant}")
+
+
+def _is_channel_reference(reference: ConversationReference) -> bool:
+    """A channel's own reference (not a thread's, not a chat's)."""
+    return reference.conversation_type == "channel" and _is_channel(reference.conversation_id)
 
 
 def _is_channel(conversation_id: str) -> bool:

@@ -37,6 +37,7 @@ from bridge.model import (
     RoomRef,
     TimelineEvent,
 )
+from bridge.notices import bridge_notice
 from bridge.ports import OutboundMessage
 from bridge.relay.intake import Intake
 from bridge.runtime import AdapterContext
@@ -430,6 +431,35 @@ async def test_installation_and_membership_are_recorded(
     assert all(e.sender.user_id == str(world.alice.aad_object_id) for e in events)
     assert await bridge.state.get(NAMESPACE, team_channel) is not None
     assert emulator.connector_calls == ()
+
+
+async def test_the_install_alone_lets_the_bot_post_in_another_channel_of_the_team(
+    emulator: TeamsEmulator, database: tuple[str, str], world: World
+) -> None:
+    first = await start_bridge(emulator, *database)
+    installed, _ = await emulator.install_bot(world.channel, by=world.alice)
+    assert installed.status == 200
+    assert thread_of(installed.activity) != world.channel.conversation_id  # on General
+    await first.stop()
+
+    second = await start_bridge(emulator, *database)  # nothing cached: from the store only
+    try:
+        incidents = RoomRef(
+            platform=Platform.TEAMS, room_id=RemoteRoomID(world.channel.conversation_id)
+        )
+        notice = bridge_notice(
+            ids=UlidFactory(), now=SystemClock().now(), key="opened", text="INC-1 opened"
+        )
+        sent = await second.adapter.send(
+            OutboundMessage(event=notice, target=incidents), idempotency_key="install-only"
+        )
+        message = emulator.message(str(sent.message_id))
+        assert message is not None
+        assert message.from_bot
+        assert "INC-1 opened" in message.text
+        assert await second.events(world.channel.conversation_id) == []  # never heard from
+    finally:
+        await second.stop()
 
 
 async def test_acks_stay_fast_under_a_burst(

@@ -337,3 +337,43 @@ async def test_channels_of_another_tenant_do_not_become_the_home() -> None:
         replace(ref("19:theirs@thread.tacv2;messageid=1"), conversation_type="channel")
     )
     assert await references.get(TeamsConversationID("19:incidents@thread.tacv2")) is None
+
+
+async def test_the_install_on_the_general_channel_lets_other_channels_be_addressed() -> None:
+    state = CountingState()
+    references = StoredConversationReferences(
+        state, clock=FakeClock(), cache_size=16, home_tenant=s.TENANT
+    )
+    for document in (s.installation_update(), s.conversation_update(event_type="teamRenamed")):
+        installed = reference_from(parse_activity(document), app_id=s.APP_ID)
+        assert installed is not None
+        assert installed.conversation_id == s.CHANNEL  # the channel itself, not a thread
+        await references.record(installed)
+    restarted = StoredConversationReferences(
+        state, clock=FakeClock(), cache_size=16, home_tenant=s.TENANT
+    )
+    assert await restarted.get(TeamsConversationID(s.CHANNEL)) == installed
+    incidents = await restarted.get(TeamsConversationID("19:incidents@thread.tacv2"))
+    assert incidents is not None
+    assert (incidents.service_url, incidents.tenant_id, incidents.bot_id) == (
+        s.SERVICE_URL,
+        s.TENANT,
+        s.BOT_ID,
+    )
+    thread = await restarted.get(TeamsConversationID("19:incidents@thread.tacv2;messageid=5"))
+    assert thread is not None
+    assert thread.conversation_id == "19:incidents@thread.tacv2;messageid=5"
+
+
+async def test_a_chat_never_becomes_the_home_channel() -> None:
+    state = CountingState()
+    references = StoredConversationReferences(
+        state, clock=FakeClock(), cache_size=16, home_tenant=s.TENANT
+    )
+    chat = reference_from(
+        parse_activity(s.installation_update(conversation=s.GROUP_CHAT)), app_id=s.APP_ID
+    )
+    assert chat is not None
+    await references.record(chat)
+    assert state.puts == 1
+    assert await references.get(TeamsConversationID("19:incidents@thread.tacv2")) is None
