@@ -11,6 +11,8 @@ back, so it says so, explicitly, in the timeline and in the linked Matrix room:
 - on evidence: a Teams activity that refers to a message the bridge never
   received (a thread reply to an unknown root, an edit, delete or reaction of an
   unknown message) in a linked conversation gets a marker, once per unknown message.
+  The root of a thread linked as a room of its own is no such evidence: it opened the
+  room before the link was made (an incident's Teams thread: the bridge's own header).
 
 Liveness is one shared record that every running process refreshes, so a
 rolling restart with other replicas up records no gap.
@@ -33,6 +35,7 @@ from bridge.model import (
     Kind,
     MessageStyle,
     Platform,
+    Relation,
     RelationKind,
     RemoteMessageID,
     RemoteRef,
@@ -42,6 +45,7 @@ from bridge.model import (
 )
 from bridge.notices import BRIDGE_BOT
 from bridge.ports import Clock, StateStore, TimelineStore
+from bridge.relay.intake import PARENT_ROOM
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +122,7 @@ class GapRecorder:
             if not unknown:
                 continue
             links = await self._links(event.origin.room, event)
+            unknown = [r for r in unknown if not _opens_linked_thread(r, event, links)]
             for relation in unknown:
                 for link in links:
                     await self._mark(
@@ -152,3 +157,18 @@ class GapRecorder:
             data=data,
         )
         await self._store.append(marker, [link.matrix_room])
+
+
+def _opens_linked_thread(relation: Relation, event: TimelineEvent, links: list[RoomLink]) -> bool:
+    """Whether ``relation`` names the root of the thread ``event`` is in, that thread (a
+    room inside a larger one) being linked as a room of its own.
+
+    Such a root came before the link, so the bridge was never meant to receive it; an
+    incident's thread is started by the bridge, and its root is the bridge's own header.
+    """
+    return (
+        relation.kind is RelationKind.THREAD
+        and relation.target.room == event.origin.room
+        and PARENT_ROOM in event.data
+        and any(event.origin.room in (link.matrix_room, link.teams_room) for link in links)
+    )

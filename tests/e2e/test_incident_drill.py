@@ -218,6 +218,9 @@ async def test_incident_drill(stack: Stack) -> None:
     # Everything said in the incident's rooms arrived once on the other side.
     await stack.settled()
     await _assert_once(stack, matrix_room, thread, t2m, marked_token, m2t)
+    # Replies in the thread refer to its root, the bridge's own header: no gap.
+    gaps = await stack.timeline({"kind": "gap"})
+    assert not gaps, [g["body"]["text"] for g in gaps]
 
     # 7. The API: the incident with the token; 401 and nothing else without it.
     await _assert_api(stack)

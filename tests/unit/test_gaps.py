@@ -5,19 +5,27 @@ from datetime import timedelta
 
 from bridge.gaps import LIVENESS, GapRecorder
 from bridge.ids import UlidFactory
+from bridge.metrics import BridgeMetrics
 from bridge.model import (
     AppendResult,
+    Body,
+    InboundEvent,
+    IncidentID,
     Kind,
     Platform,
     Relation,
     RelationKind,
     RemoteMessageID,
     RemoteRef,
+    RemoteRoomID,
     RemoteUserID,
     RoomLink,
+    RoomRef,
     Sender,
 )
+from bridge.relay.intake import Intake
 from bridge.timeline.memory import MemoryStateStore, MemoryTimelineStore
+from tests.support.adapters import FakeAdapter
 from tests.support.fakes import MATRIX_ROOM, TEAMS_ROOM, EventBuilder, FakeClock
 
 TESS = Sender(platform=Platform.TEAMS, user_id=RemoteUserID("aad-tess"), display_name="Tess")
@@ -72,3 +80,77 @@ async def test_a_reference_to_a_never_received_teams_message_is_marked_once() ->
     texts = await _gaps(store)
     assert len(texts) == 1
     assert "Tess referred to a Teams message the bridge never received" in texts[0]
+
+
+CHANNEL = RoomRef(platform=Platform.TEAMS, room_id=RemoteRoomID("19:incidents@thread.tacv2"))
+
+
+def _thread_reply(root: str, message_id: str, clock: FakeClock) -> InboundEvent:
+    """A Teams reply in the channel thread of ``root``, as the Teams adapter hands it over."""
+    thread = RoomRef(
+        platform=Platform.TEAMS, room_id=RemoteRoomID(f"{CHANNEL.room_id};messageid={root}")
+    )
+    return InboundEvent(
+        kind=Kind.MESSAGE,
+        origin=RemoteRef(room=thread, message_id=RemoteMessageID(message_id)),
+        sender=TESS,
+        occurred_at=clock.now(),
+        body=Body(text="checkout 500s"),
+        relations=(
+            Relation(
+                kind=RelationKind.THREAD,
+                target=RemoteRef(room=thread, message_id=RemoteMessageID(root)),
+            ),
+        ),
+        parent_room=CHANNEL,
+    )
+
+
+async def _intake_rig(link_teams_room: RoomRef) -> tuple[FakeClock, MemoryTimelineStore, Intake]:
+    clock = FakeClock()
+    store = MemoryTimelineStore(clock=clock)
+    await store.save_link(
+        RoomLink(
+            matrix_room=MATRIX_ROOM,
+            teams_room=link_teams_room,
+            incident_id=IncidentID("INC-1") if link_teams_room != CHANNEL else None,
+            created_at=clock.now(),
+        )
+    )
+    gaps = GapRecorder(store=store, state=MemoryStateStore(), clock=clock, ids=UlidFactory())
+    intake = Intake(
+        store=store,
+        clock=clock,
+        ids=UlidFactory(),
+        metrics=BridgeMetrics(),
+        adapters=[FakeAdapter(Platform.MATRIX), FakeAdapter(Platform.TEAMS)],
+        on_stored=gaps.on_stored,
+    )
+    return clock, store, intake
+
+
+async def _all_gaps(store: MemoryTimelineStore) -> list[str]:
+    rooms = [link.teams_room for link in await store.all_links()]
+    events = [e for room in rooms for e in (await store.timeline(room=room, limit=100)).events]
+    return [e.body.text for e in events if e.kind is Kind.GAP]
+
+
+async def test_a_reply_under_the_root_of_a_linked_thread_is_no_gap() -> None:
+    """An incident's Teams thread is linked as a room; its root is the bridge's header."""
+    root = "1700000000100"
+    thread = _thread_reply(root, "1700000000200", FakeClock()).origin.room
+    clock, store, intake = await _intake_rig(thread)
+    (stored,) = await intake.accept([_thread_reply(root, "1700000000200", clock)])
+    assert stored is not None
+    assert stored.event.incident_id == "INC-1"
+    assert [m.room for m in stored.event.mirrors] == [MATRIX_ROOM]
+    assert await _all_gaps(store) == []
+
+
+async def test_a_reply_under_a_never_received_root_in_a_linked_channel_is_a_gap() -> None:
+    clock, store, intake = await _intake_rig(CHANNEL)
+    (stored,) = await intake.accept([_thread_reply("1700000000100", "1700000000200", clock)])
+    assert stored is not None
+    assert [m.room for m in stored.event.mirrors] == [MATRIX_ROOM]
+    (text,) = await _all_gaps(store)
+    assert "Tess referred to a Teams message the bridge never received" in text
