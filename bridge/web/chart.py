@@ -62,6 +62,8 @@ class Marker:
     kind: MarkerKind
     at: datetime
     label: str
+    run_id: str | None = None
+    """The run a runbook marker shows a step of (a run has a marker per step)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,7 +115,13 @@ def chart_data(incident: Incident, events: Sequence[TimelineEvent], *, now: date
 
 def _marker(event: TimelineEvent) -> Marker | None:
     if event.kind is Kind.RUNBOOK:
-        return Marker(kind=MarkerKind.RUNBOOK, at=event.occurred_at, label=event.body.text)
+        run_id = event.data.get("run_id")
+        return Marker(
+            kind=MarkerKind.RUNBOOK,
+            at=event.occurred_at,
+            label=event.body.text,
+            run_id=run_id if isinstance(run_id, str) and run_id else None,
+        )
     change = change_from(event.data) if event.kind is Kind.INCIDENT else None
     if change is not None and change.action is Action.KEY_EVENT:
         label = change.text or event.body.text
@@ -320,7 +328,13 @@ def describe(data: ChartData) -> str:
     peak = max(data.buckets, key=lambda b: b[0] + b[1], default=(0, 0))
     per = "minute" if data.bucket_s == 60 else f"{data.bucket_s // 60} minutes"
     keys = sum(1 for m in data.markers if m.kind is MarkerKind.KEY_EVENT)
-    runs = len(data.markers) - keys
+    runs = len(
+        {
+            m.run_id or f"marker:{n}"  # a step naming no run counts as a run of its own
+            for n, m in enumerate(data.markers)
+            if m.kind is MarkerKind.RUNBOOK
+        }
+    )
     return (
         f"From {data.start:%Y-%m-%d %H:%M} to {data.end:%Y-%m-%d %H:%M} UTC. "
         f"Status: {phases}. Messages: {teams} from Teams, {matrix} from Matrix "

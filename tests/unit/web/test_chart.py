@@ -6,9 +6,10 @@ import xml.etree.ElementTree as ET
 from datetime import timedelta
 
 from bridge.incidents.model import Status
+from bridge.model import Kind
 from bridge.web.chart import MAX_BUCKETS, MarkerKind, chart_data, describe, incident_chart
 from tests.support.fakes import EPOCH
-from tests.unit.web.builders import make_incident, seed_incident
+from tests.unit.web.builders import BRIDGE, TimelineWriter, make_incident, seed_incident
 from tests.unit.web.conftest import WebEnv
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -68,3 +69,23 @@ async def test_long_incidents_use_wider_buckets(env: WebEnv) -> None:
     assert len(data.buckets) <= MAX_BUCKETS
     assert data.bucket_s > 60
     ET.fromstring(incident_chart(incident, [], now=EPOCH + timedelta(days=3)))
+
+
+async def test_a_run_counts_once_however_many_steps_it_has(env: WebEnv) -> None:
+    incident = make_incident()
+    writer = TimelineWriter(env.timeline, incident.id)
+    for run_id, steps in (("R-1", RUN_STEPS), ("R-2", RUN_STEPS[:2])):
+        for step in steps:
+            await writer.add(
+                Kind.RUNBOOK,
+                BRIDGE,
+                f"{run_id}: {step}",
+                data={"step": step, "run_id": run_id, "runbook": "restart-payments"},
+            )
+    events = (await env.timeline.timeline(incident_id=incident.id, limit=50)).events
+    data = chart_data(incident, events, now=EPOCH + timedelta(hours=1))
+    assert len(data.markers) == len(RUN_STEPS) + 2  # a marker per step
+    assert describe(data).endswith("0 key events, 2 runbook runs.")
+
+
+RUN_STEPS = ("requested", "approved", "started", "output", "finished")
