@@ -39,8 +39,10 @@ def bridge_notice(
     incident_id: IncidentID | None = None,
     kind: Kind = Kind.NOTICE,
     data: Mapping[str, Any] | None = None,
+    html: str | None = None,
 ) -> TimelineEvent:
-    """A notice by the bridge; ``key`` makes it unique (appending it twice stores it once)."""
+    """A notice by the bridge; ``key`` makes it unique (appending it twice stores it once).
+    ``html``, when given, is its formatted form (sanitized, ``bridge.formatting``)."""
     return TimelineEvent(
         id=EventID(ids.new()),
         incident_id=incident_id,
@@ -48,7 +50,7 @@ def bridge_notice(
         origin=RemoteRef(room=BRIDGE_ROOM, message_id=RemoteMessageID(key)),
         origin_variant="",
         sender=BRIDGE_BOT,
-        body=Body(text=text, style=MessageStyle.NOTICE),
+        body=Body(text=text, html=html, style=MessageStyle.NOTICE),
         occurred_at=now,
         received_at=now,
         data=dict(data or {}),

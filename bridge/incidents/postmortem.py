@@ -3,16 +3,20 @@
 The facts come from ``postmortem_facts`` (``bridge.incidents.postmortem_facts``); this
 module lays them out. Every piece of chat text is escaped (``bridge.incidents.markdown``),
 so a message cannot add headings, links or HTML to the document, and the same input
-always gives the same document.
+always gives the same document. In chat, the postmortem is a notice whose text is the
+Markdown and whose HTML is the same document formatted (``postmortem_notice``).
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from bridge.config import Settings
 from bridge.incidents.markdown import code, escape
+from bridge.incidents.markdown_html import markdown_to_html
 from bridge.incidents.model import Action, Incident, Role
 from bridge.incidents.postmortem_facts import (
     QUOTE_LIMIT,
@@ -28,7 +32,9 @@ from bridge.model import Platform, Sender, TimelineEvent
 
 __all__ = [
     "PostmortemFacts",
+    "PostmortemNotice",
     "postmortem_facts",
+    "postmortem_notice",
     "render_facts",
     "render_postmortem",
     "settings_own_check",
@@ -44,6 +50,41 @@ def render_postmortem(
 ) -> str:
     """The postmortem of ``incident`` as Markdown, from its whole timeline ``events``."""
     return render_facts(postmortem_facts(incident, events, is_own=is_own), now=now)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PostmortemNotice:
+    """The postmortem as posted in chat: Markdown ``text`` and the formatted ``html``."""
+
+    text: str
+    html: str
+
+
+def postmortem_notice(
+    markdown: str, *, incident_id: str, link: str | None, max_chars: int
+) -> PostmortemNotice:
+    """The postmortem ``markdown`` for chat, cut at a line within ``max_chars``, then the
+    incident page's ``link`` (when there is one) or where the whole postmortem is."""
+    shown = markdown
+    if len(markdown) > max_chars:
+        shown = markdown[:max_chars].rsplit("\n", 1)[0]
+        command = f"incident-bridge postmortem {incident_id}"
+        where = f"the incident's page, {link}" if link else command
+        where_html = f"the incident's page, {_link_html(link)}" if link else html.escape(command)
+        tail = f"… (cut here; the whole postmortem: {where})"
+        tail_html = f"… (cut here; the whole postmortem: {where_html})"
+    elif link:
+        tail = f"Timeline and chart: {link}"
+        tail_html = f"Timeline and chart: {_link_html(link)}"
+    else:
+        return PostmortemNotice(text=shown, html=markdown_to_html(shown))
+    return PostmortemNotice(
+        text=f"{shown}\n\n{tail}", html=f"{markdown_to_html(shown)}<p>{tail_html}</p>"
+    )
+
+
+def _link_html(url: str) -> str:
+    return f'<a href="{html.escape(url)}">{html.escape(url, quote=False)}</a>'
 
 
 def render_facts(facts: PostmortemFacts, *, now: datetime) -> str:

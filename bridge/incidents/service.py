@@ -34,7 +34,7 @@ from bridge.incidents.model import (
     Severity,
     Status,
 )
-from bridge.incidents.postmortem import render_postmortem
+from bridge.incidents.postmortem import postmortem_notice, render_postmortem
 from bridge.links import LinkService
 from bridge.metrics import BridgeMetrics
 from bridge.model import (
@@ -449,17 +449,15 @@ class IncidentService:
             return replace(current, postmortem=markdown), [change]
 
         saved, _ = await self.change(incident_id, source, apply)
-        link = self._page_link(saved.id)
-        whole = f"the incident's page, {link}" if link else f"incident-bridge postmortem {saved.id}"
-        text = markdown
-        if len(text) > MAX_NOTICE_CHARS:
-            text = (
-                text[:MAX_NOTICE_CHARS].rsplit("\n", 1)[0]
-                + f"\n\n… (cut here; the whole postmortem: {whole})"
-            )
-        elif link:
-            text += f"\n\nTimeline and chart: {link}"
-        await self.notify_rooms(saved, key=f"postmortem:{source.key}", text=text)
+        notice = postmortem_notice(
+            markdown,
+            incident_id=saved.id,
+            link=self._page_link(saved.id),
+            max_chars=MAX_NOTICE_CHARS,
+        )
+        await self.notify_rooms(
+            saved, key=f"postmortem:{source.key}", text=notice.text, html=notice.html
+        )
         return markdown
 
     def _is_own(self, sender: Sender) -> bool:
@@ -490,14 +488,18 @@ class IncidentService:
             batch.append((event, ()))
         await self._store.append_many(batch)
 
-    async def notify_rooms(self, incident: Incident, *, key: str, text: str) -> None:
-        """A bridge notice in the incident's rooms (recorded once per ``key``)."""
+    async def notify_rooms(
+        self, incident: Incident, *, key: str, text: str, html: str | None = None
+    ) -> None:
+        """A bridge notice in the incident's rooms (recorded once per ``key``), formatted
+        as ``html`` (sanitized) when given."""
         notice = bridge_notice(
             ids=self._ids,
             now=self._clock.now(),
             key=key,
             text=text,
             incident_id=incident.id,
+            html=html,
         )
         stored = await self._store.append(notice, list(incident.rooms))
         if self._on_stored is not None:

@@ -194,6 +194,12 @@ async def test_postmortem_is_posted_stored_and_recorded(rig: Rig) -> None:
     posted = [r for r in await rig.replies() if r.body.text == expected]
     assert len(posted) == 1
     assert {m.room for m in posted[0].mirrors} == {matrix, rig.teams_room}
+    # Both rooms show it formatted, not as Markdown source.
+    formatted = posted[0].body.html
+    assert formatted is not None
+    assert formatted.startswith("<h1>Postmortem: INC-1 Slow search</h1>")
+    assert "<li>Severity: <strong>SEV3</strong></li>" in formatted
+    assert f'Timeline and chart: <a href="{page}">{page}</a>' in formatted
     assert (await rig.actions())[-1] is Action.POSTMORTEM
 
 
