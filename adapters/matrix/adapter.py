@@ -29,6 +29,7 @@ from adapters.matrix.client import CLIENT_V1, CLIENT_V3, MatrixClient, MatrixReq
 from adapters.matrix.convert import convert_event
 from adapters.matrix.ids import GhostNamespace, MatrixRoomID, server_of
 from adapters.matrix.outbound import MatrixSender
+from adapters.matrix.power import PowerLevels
 from adapters.matrix.rooms import MatrixRooms
 from bridge.config import MatrixSettings
 from bridge.errors import BridgeError, PermanentDeliveryError
@@ -87,6 +88,7 @@ class MatrixAdapter:
         self._registered = False
         self._reachable = False
         self._names: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._power = PowerLevels(client=client)
         self.endpoints = AppServiceEndpoints(
             hs_token=settings.hs_token.get_secret_value(),
             state=state,
@@ -109,6 +111,12 @@ class MatrixAdapter:
         await self._tasks.close()
         if self._owned_session is not None:
             await self._owned_session.close()
+
+    async def privilege(self, room: RoomRef, user_id: RemoteUserID) -> int:
+        """The user's power level in the room (``SupportsPrivilege``); 0 elsewhere."""
+        if room.platform is not Platform.MATRIX:
+            return 0
+        return await self._power.level(room.room_id, user_id)
 
     def is_own(self, sender: Sender) -> bool:
         return sender.platform is Platform.MATRIX and self._namespace.is_own(sender.user_id)
@@ -187,6 +195,7 @@ class MatrixAdapter:
         invites = []
         for event in events:
             self._learn_name(event)
+            self._power.observe(event)
             sender = str(event.get("sender", ""))
             name = None if self._namespace.is_own(sender) else await self._display_name(event)
             converted = convert_event(event, namespace=self._namespace, display_name=name)

@@ -384,3 +384,29 @@ async def test_linking_a_room_marks_it_with_bridge_metadata(
         assert state["bridgebot"] == bot
         assert state["channel"]["id"] == TEAMS_ROOM.room_id
         assert state["protocol"]["id"] == "msteams"
+
+
+async def test_power_levels_are_read_and_follow_changes(
+    bridge: MatrixBridgeHarness, people: People
+) -> None:
+    """Operators by Matrix power level: the room's creator outranks every level (the
+    homeserver's default room version is 12 or later), an invitee has 0, and a promotion
+    applies to the next lookup (taken from the state event as it passes)."""
+    assert bridge.adapter is not None
+    adapter = bridge.adapter
+    room_id = await _room_with_bot(bridge, people.alice)
+    room = RoomRef(platform=Platform.MATRIX, room_id=RemoteRoomID(room_id))
+    mallory = RemoteUserID(people.mallory.user_id)
+    assert await adapter.privilege(room, RemoteUserID(people.alice.user_id)) >= 100
+    assert await adapter.privilege(room, mallory) == 0
+    state = f"/_matrix/client/v3/rooms/{quote(room_id)}/state/m.room.power_levels/"
+    levels = await people.alice.call("GET", state)
+    levels["users"] = {**levels.get("users", {}), people.mallory.user_id: 50}
+    await people.alice.call("PUT", state, json=levels)
+
+    async def promoted() -> bool:
+        return await adapter.privilege(room, mallory) == 50
+
+    await eventually(promoted, within=20, what="the new level from the state event")
+    teams_room = RoomRef(platform=Platform.TEAMS, room_id=RemoteRoomID("19:x@thread.tacv2"))
+    assert await adapter.privilege(teams_room, mallory) == 0
