@@ -90,13 +90,29 @@ class BridgeDaemon:
         proc = self._proc
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc is not None else exitcodes.OK
+        self.terminate()
+        return await self.wait_exit(STOP_WITHIN_S)
+
+    def terminate(self) -> None:
+        """Send SIGTERM, as Kubernetes does to a pod it stops, and return at once."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise DaemonExitedError(f"the bridge was not running to be stopped\n{self.tail()}")
         proc.send_signal(signal.SIGTERM)
+
+    async def wait_exit(self, within: float) -> int:
+        """The exit code, once the process has exited; killed and failed after ``within`` s."""
+        proc = self._proc
+        if proc is None:
+            raise RuntimeError("the daemon was never started")
         try:
-            return await asyncio.to_thread(proc.wait, STOP_WITHIN_S)
+            return await asyncio.to_thread(proc.wait, within)
         except subprocess.TimeoutExpired:
             proc.kill()
             await asyncio.to_thread(proc.wait, STOP_WITHIN_S)
-            raise AssertionError(f"the bridge ignored SIGTERM\n{self.tail()}") from None
+            raise AssertionError(
+                f"the bridge did not exit within {within} s of SIGTERM\n{self.tail()}"
+            ) from None
 
     async def kill(self) -> None:
         """SIGKILL, as a crash or an OOM kill would: no cleanup runs."""

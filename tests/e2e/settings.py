@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -72,6 +72,8 @@ class DaemonSettings:
     operators: Operators | None = None
     api_token: str | None = None
     """The timeline API's bearer token (None: the API is not configured)."""
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    """Merged over everything else, section by section (``{"delivery": {"instance_id": ...}}``)."""
 
     def as_dict(self) -> dict[str, Any]:
         settings = self._base()
@@ -86,7 +88,7 @@ class DaemonSettings:
             }
         if self.api_token is not None:
             settings["api"] = {"token": self.api_token}
-        return settings
+        return merge_settings(settings, self.overrides)
 
     def _base(self) -> dict[str, Any]:
         reg = self.registration
@@ -128,3 +130,15 @@ class DaemonSettings:
     def write(self, path: Path) -> Path:
         path.write_text(yaml.safe_dump(self.as_dict(), sort_keys=False))
         return path
+
+
+def merge_settings(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` merged into ``base``: sections key by key, anything else replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        current = merged.get(key)
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            merged[key] = merge_settings(current, value)
+        else:
+            merged[key] = value
+    return merged

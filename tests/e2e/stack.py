@@ -8,6 +8,8 @@ invited, the settings file linking each pair, the daemon (a child process on
 the port the homeserver's registration names); then the bot is installed in
 each Teams conversation (the daemon stores the conversation reference) and the
 bot has joined each Matrix room. Everything is stopped on the way out.
+``open_platforms`` is the same without the daemon, for stacks that run it otherwise
+(several replicas behind a proxy on that port).
 
 With ``incidents=True`` the bridge also runs incidents: the General channel of an
 "Incidents" team (the bot installed, not linked) where incident threads start, the
@@ -141,12 +143,16 @@ class Stack:
         every delivery worker has let go of its room."""
 
         async def drained() -> bool:
-            self.daemon.ensure_alive()
+            self.ensure_alive()
             # A room released until a retry is due keeps a lease with no owner.
             leases = await self.database["outbox_leases"].count_documents({"owner": {"$ne": ""}})
             return leases == 0 and await self.queued_count() == 0
 
         await eventually(drained, within=within, interval=0.1, what="the outbox to drain")
+
+    def ensure_alive(self) -> None:
+        """Fails when the bridge stopped on its own."""
+        self.daemon.ensure_alive()
 
     async def restart(self) -> None:
         await self.daemon.restart(self.session)
@@ -189,12 +195,28 @@ async def _set_display_name(
         assert response.status == 200, await response.text()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Platforms:
+    """Both platforms ready for a bridge that is not running yet: the emulator, the users,
+    the linked rooms, and the settings of a daemon on the registration's port."""
+
+    session: aiohttp.ClientSession
+    emulator: TeamsEmulator
+    matrix: MatrixUser
+    matrix_token: str
+    teams_users: tuple[User, User]
+    pairs: tuple[Pair, ...]
+    settings: DaemonSettings
+    mongo: AsyncMongoClient[dict[str, Any]]
+    incident_channel: Conversation | None = None
+    api_token: str | None = None
+
+
 @asynccontextmanager
-async def open_stack(
+async def open_platforms(
     servers: StackServers, *, chats: int = 1, channels: int = 0, incidents: bool = False
-) -> AsyncIterator[Stack]:
-    """A running stack with ``chats`` group-chat pairs, then ``channels`` channel pairs
-    (and incidents, see the module documentation)."""
+) -> AsyncIterator[Platforms]:
+    """The emulator, users and rooms of a stack (see ``open_stack``), without the bridge."""
     port = servers.appservice.port
     async with (
         aiohttp.ClientSession() as session,
@@ -230,7 +252,7 @@ async def open_stack(
             ]
         )
         api_token = secrets.token_urlsafe(24) if incidents else None
-        config = DaemonSettings(
+        settings = DaemonSettings(
             mongo_uri=servers.mongo.uri,
             database=DATABASE,
             port=port,
@@ -253,39 +275,71 @@ async def open_stack(
             ),
             operators=Operators(teams=[avery.aad_object_id]) if incidents else None,
             api_token=api_token,
-        ).write(servers.workdir / "bridge.yaml")
-        daemon = BridgeDaemon(config=config, port=port, log_path=servers.workdir / "bridge.log")
+        )
         mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(servers.mongo.uri, tz_aware=True)
         try:
-            await daemon.start(session)
-            stack = Stack(
-                servers=servers,
+            yield Platforms(
                 session=session,
                 emulator=emulator,
-                daemon=daemon,
                 matrix=matrix,
                 matrix_token=matrix_token,
                 teams_users=(avery, blake),
                 pairs=pairs,
+                settings=settings,
                 mongo=mongo,
                 incident_channel=incident_channel,
                 api_token=api_token,
             )
-            for pair in pairs:
-                installed, added = await emulator.install_bot(pair.teams)
-                assert installed.ok, (installed.status, installed.error)
-                assert added.ok, (added.status, added.error)
-                await _bot_joined(matrix, pair.matrix_room, bot)
-            if incident_channel is not None:
-                installed, added = await emulator.install_bot(incident_channel)
-                assert installed.ok, (installed.status, installed.error)
-                assert added.ok, (added.status, added.error)
+        finally:
+            await mongo.close()
+
+
+@asynccontextmanager
+async def open_stack(
+    servers: StackServers, *, chats: int = 1, channels: int = 0, incidents: bool = False
+) -> AsyncIterator[Stack]:
+    """A running stack with ``chats`` group-chat pairs, then ``channels`` channel pairs
+    (and incidents, see the module documentation)."""
+    async with open_platforms(
+        servers, chats=chats, channels=channels, incidents=incidents
+    ) as platforms:
+        config = platforms.settings.write(servers.workdir / "bridge.yaml")
+        daemon = BridgeDaemon(
+            config=config, port=servers.appservice.port, log_path=servers.workdir / "bridge.log"
+        )
+        try:
+            await daemon.start(platforms.session)
+            stack = Stack(
+                servers=servers,
+                session=platforms.session,
+                emulator=platforms.emulator,
+                daemon=daemon,
+                matrix=platforms.matrix,
+                matrix_token=platforms.matrix_token,
+                teams_users=platforms.teams_users,
+                pairs=platforms.pairs,
+                mongo=platforms.mongo,
+                incident_channel=platforms.incident_channel,
+                api_token=platforms.api_token,
+            )
+            await install_bot(stack)
             yield stack
         finally:
-            try:
-                await daemon.close()
-            finally:
-                await mongo.close()
+            await daemon.close()
+
+
+async def install_bot(stack: Stack) -> None:
+    """Install the bot in each Teams conversation (the bridge stores its reference) and
+    wait until the bot has joined each Matrix room."""
+    for pair in stack.pairs:
+        installed, added = await stack.emulator.install_bot(pair.teams)
+        assert installed.ok, (installed.status, installed.error)
+        assert added.ok, (added.status, added.error)
+        await _bot_joined(stack.matrix, pair.matrix_room, stack.bot_mxid)
+    if stack.incident_channel is not None:
+        installed, added = await stack.emulator.install_bot(stack.incident_channel)
+        assert installed.ok, (installed.status, installed.error)
+        assert added.ok, (added.status, added.error)
 
 
 async def _bot_joined(user: MatrixUser, room_id: str, bot: str) -> None:
