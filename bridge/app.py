@@ -117,7 +117,7 @@ async def wait_for_mongo(store: MongoTimelineStore, clock: Clock, timeout_s: flo
 async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None = None) -> None:
     """Run the bridge until ``request_stop`` is called (by a signal or ``on_ready``'s owner)."""
     clock = SystemClock()
-    metrics = BridgeMetrics()
+    metrics = BridgeMetrics(event_loop=asyncio.get_running_loop())
     async with AsyncExitStack() as stack:
         store = await open_store(settings, clock, stack)
 

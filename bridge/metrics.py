@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -20,9 +22,12 @@ INCIDENT_BUCKETS = (30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200
 
 
 class BridgeMetrics:
-    """Every metric the bridge exports; one instance per composition root."""
+    """Every metric the bridge exports; one instance per composition root.
 
-    def __init__(self) -> None:
+    With ``event_loop``, ``bridge_asyncio_tasks`` counts that loop's tasks (see
+    ``observe_event_loop``)."""
+
+    def __init__(self, *, event_loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         process_collector.ProcessCollector(registry=self.registry)
         platform_collector.PlatformCollector(registry=self.registry)
@@ -101,6 +106,18 @@ class BridgeMetrics:
             ["dependency"],
             registry=r,
         )
+        self.asyncio_tasks = Gauge(
+            "bridge_asyncio_tasks",
+            "Unfinished tasks of the process's event loop, counted at each scrape.",
+            registry=r,
+        )
+        if event_loop is not None:
+            self.observe_event_loop(event_loop)
+
+    def observe_event_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count ``loop``'s unfinished tasks when the registry is collected, which may
+        happen on another thread (``asyncio.all_tasks`` copies its task set safely)."""
+        self.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
