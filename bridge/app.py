@@ -49,7 +49,7 @@ from bridge.model import (
     RoomRef,
     ThreadStyle,
 )
-from bridge.ports import ChatAdapter, Clock
+from bridge.ports import ChatAdapter, Clock, SupportsUpstreamHealth
 from bridge.relay.delivery import DeliveryService, DeliverySettings
 from bridge.relay.intake import Intake
 from bridge.runbooks.assembly import Runbooks, build_runbooks
@@ -186,7 +186,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             bridge, links, delivery, service, await start_runbooks(bridge, delivery, stack)
         )
         for adapter in bridge.adapters:
-            readiness.add(adapter.platform.value, _adapter_check(adapter))
+            _add_checks(readiness, adapter)
             await adapter.start(intake)
             stack.push_async_callback(adapter.stop)
             log.info("adapter_started", platform=adapter.platform.value)
@@ -377,10 +377,24 @@ def adapter_commands() -> list[CliCommand]:
     return [*MATRIX_COMMANDS, *TEAMS_COMMANDS]
 
 
+def _add_checks(readiness: Readiness, adapter: ChatAdapter) -> None:
+    readiness.add(adapter.platform.value, _adapter_check(adapter))
+    if isinstance(adapter, SupportsUpstreamHealth):
+        readiness.add_advisory(adapter.upstream, _upstream_check(adapter))
+
+
 def _adapter_check(adapter: ChatAdapter) -> Callable[[], Awaitable[None]]:
     async def check() -> None:
         if not adapter.ready:
             raise DependencyUnavailableError(adapter.platform.value, "adapter not ready")
+
+    return check
+
+
+def _upstream_check(adapter: SupportsUpstreamHealth) -> Callable[[], Awaitable[None]]:
+    async def check() -> None:
+        if not adapter.upstream_reachable:
+            raise DependencyUnavailableError(adapter.upstream, "unreachable; queuing for it")
 
     return check
 

@@ -169,6 +169,19 @@ class SupportsLinkAnnouncements(Protocol):
 
 
 @runtime_checkable
+class SupportsUpstreamHealth(Protocol):
+    """An adapter that sends to a server it can be cut off from, queuing meanwhile
+    (reported on /readyz as advisory: it does not make the process unready)."""
+
+    @property
+    def upstream(self) -> str:
+        """The server's name in the report, e.g. ``homeserver``."""
+
+    @property
+    def upstream_reachable(self) -> bool: ...
+
+
+@runtime_checkable
 class SupportsPrivilege(Protocol):
     async def privilege(self, room: RoomRef, user_id: RemoteUserID) -> int:
         """The user's privilege in the room, 0-100 (Matrix: the power level)."""

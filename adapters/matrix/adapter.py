@@ -6,10 +6,13 @@ invites are answered per the allow-list, and the events go to the core's sink,
 which stores them before the homeserver gets its 200.
 
 Outbound: delegated to ``MatrixSender`` (ghosts, edits, redactions, reactions,
-media). Readiness: the bot is registered and the homeserver keeps answering. The AS
-ping (the homeserver calls us back, and retries what it queued) is sent at start-up
-until answered, but does not gate readiness: behind a Kubernetes Service the callback
-cannot reach a process that is not ready yet.
+media). Readiness: started and the bot registered; whether the homeserver still
+answers is reported apart (``upstream_reachable``, advisory on /readyz): while it is
+down Teams messages are stored and queued for it. The AS ping (the homeserver calls us
+back, and retries what it queued) is sent at start-up until answered, and again a little
+after a transaction was refused, so the homeserver does not sit out its back-off; it
+does not gate readiness: behind a Kubernetes Service the callback cannot reach a process
+that is not ready yet.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ log = structlog.get_logger(__name__)
 HEALTH_INTERVAL_S = 15.0
 RETRY_MAX_S = 30.0
 PING_RETRY_MAX_S = 5.0
+NUDGE_DELAY_S = 5.0
+"""How long after refusing a transaction the homeserver is asked to retry."""
 """The AS ping is retried at least this often until the homeserver calls us back."""
 
 
@@ -72,12 +77,14 @@ class MatrixAdapter:
         clock: Clock,
         owned_session: aiohttp.ClientSession | None = None,
         health_interval_s: float = HEALTH_INTERVAL_S,
+        nudge_delay_s: float = NUDGE_DELAY_S,
         rooms: MatrixRooms | None = None,
     ) -> None:
         """``owned_session``, if given, is the HTTP session the adapter closes when it stops."""
         assert settings.hs_token is not None
         self._owned_session = owned_session
         self._health_interval = health_interval_s
+        self._nudge_delay = nudge_delay_s
         self._settings = settings
         self._client = client
         self._sender = sender
@@ -89,22 +96,37 @@ class MatrixAdapter:
         self._reachable = False
         self._names: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._power = PowerLevels(client=client)
+        self._refused = asyncio.Event()
+        """Set when a transaction was refused (503): the homeserver is backing off."""
         self.endpoints = AppServiceEndpoints(
             hs_token=settings.hs_token.get_secret_value(),
             state=state,
             clock=clock,
             on_transaction=self._on_transaction,
             accepting=lambda: self._sink is not None,
+            on_refused=self._refused.set,
         )
 
     # -- lifecycle ------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self._sink is not None and self._registered and self._reachable
+        """Ready to take transactions: started and the bot registered. An unreachable
+        homeserver does not count (see ``upstream_reachable``): Teams messages are still
+        stored and queued for it, and a replica out of its Service would lose them."""
+        return self._sink is not None and self._registered
+
+    @property
+    def upstream(self) -> str:
+        return "homeserver"
+
+    @property
+    def upstream_reachable(self) -> bool:
+        return self._reachable
 
     async def start(self, sink: InboundSink) -> None:
         self._sink = sink
         self._tasks.start(self._watch_homeserver(), name="homeserver")
+        self._tasks.start(self._nudge_after_refusals(), name="as-nudge")
 
     async def stop(self) -> None:
         self._sink = None
@@ -147,17 +169,35 @@ class MatrixAdapter:
             else:
                 self._reachable = True
 
+    async def _nudge_after_refusals(self) -> None:
+        """After refusing a transaction (storage down, shutting down), ping the homeserver
+        a little later so that it retries now rather than at the end of its back-off."""
+        while True:
+            await self._refused.wait()
+            await asyncio.sleep(self._nudge_delay)
+            self._refused.clear()
+            try:
+                await self._ping()
+            except BridgeError as exc:
+                log.info("homeserver_nudge_failed", error=str(exc))
+                self._refused.set()
+            else:
+                log.info("homeserver_nudged")
+
+    async def _ping(self) -> None:
+        await self._client.request(
+            "POST",
+            path(CLIENT_V1, "appservice", self._settings.as_id, "ping"),
+            json={"transaction_id": f"ping-{secrets.token_hex(8)}"},
+        )
+
     async def _ping_until_answered(self) -> None:
         """Ask the homeserver to call this application service back (the AS ping API);
         its answer also makes it retry the transactions it queued while we were away."""
         delay = 0.5
         while True:
             try:
-                await self._client.request(
-                    "POST",
-                    path(CLIENT_V1, "appservice", self._settings.as_id, "ping"),
-                    json={"transaction_id": f"ping-{secrets.token_hex(8)}"},
-                )
+                await self._ping()
             except BridgeError as exc:
                 log.warning("homeserver_ping_failed", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)

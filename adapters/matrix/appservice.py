@@ -48,12 +48,16 @@ class AppServiceEndpoints:
         clock: Clock,
         on_transaction: TransactionHandler,
         accepting: Callable[[], bool],
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
+        """``on_refused`` is called whenever a transaction is refused for now (503): the
+        homeserver then backs off, for up to minutes, unless it is pinged."""
         self._hs_token = hs_token.encode()
         self._state = state
         self._clock = clock
         self._on_transaction = on_transaction
         self._accepting = accepting
+        self._on_refused = on_refused
         self._recent: OrderedDict[str, None] = OrderedDict()
 
     def routes(self) -> list[web.RouteDef]:
@@ -79,6 +83,7 @@ class AppServiceEndpoints:
             log.warning("appservice_forbidden", path=request.path)
             return _error(403, "M_FORBIDDEN", "bad or missing homeserver token")
         if not self._accepting():
+            self._on_refused()
             return _error(503, "M_UNKNOWN", "the bridge is shutting down")
         txn_id = request.match_info["txn_id"]
         with structlog.contextvars.bound_contextvars(platform="matrix", txn_id=txn_id):
@@ -104,6 +109,7 @@ class AppServiceEndpoints:
                 self._remember(txn_id)
             except StoreError:
                 log.warning("transaction_not_stored")
+                self._on_refused()
                 return _error(503, "M_UNKNOWN", "storage unavailable; retry later")
             log.debug("transaction_stored", events=len(events))
             return web.json_response({})

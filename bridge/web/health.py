@@ -21,23 +21,40 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 
 @dataclass
 class Readiness:
-    """What /readyz reports: every check passes and the process is not draining."""
+    """What /readyz reports: every check passes and the process is not draining.
+
+    Advisory checks (a platform's server that the bridge sends to, queuing meanwhile) are
+    reported and exported like the others but do not make the process unready: taking
+    every replica out of its Service while the homeserver is down would turn away Teams
+    messages that the bridge can store and deliver later."""
 
     timeout_s: float
     metrics: BridgeMetrics
     draining: bool = False
     _checks: list[tuple[str, ReadinessCheck]] = field(default_factory=list)
+    _advisory: list[tuple[str, ReadinessCheck]] = field(default_factory=list)
 
     def add(self, name: str, check: ReadinessCheck) -> None:
         self._checks.append((name, check))
 
+    def add_advisory(self, name: str, check: ReadinessCheck) -> None:
+        self._advisory.append((name, check))
+
     async def evaluate(self) -> tuple[bool, dict[str, str]]:
-        results = await asyncio.gather(*(self._run(name, check) for name, check in self._checks))
-        report = dict(results)
+        ready, report, _ = await self.evaluate_all()
+        return ready, report
+
+    async def evaluate_all(self) -> tuple[bool, dict[str, str], dict[str, str]]:
+        """Readiness, the gating checks' report and the advisory checks' report."""
+        gating, advisory = await asyncio.gather(
+            asyncio.gather(*(self._run(name, check) for name, check in self._checks)),
+            asyncio.gather(*(self._run(name, check) for name, check in self._advisory)),
+        )
+        report = dict(gating)
         if self.draining:
             report["process"] = "shutting down"
         ready = all(v == "ok" for v in report.values())
-        return ready, report
+        return ready, report, dict(advisory)
 
     async def _run(self, name: str, check: ReadinessCheck) -> tuple[str, str]:
         try:
@@ -59,10 +76,13 @@ def health_routes(readiness: Readiness, metrics: BridgeMetrics) -> list[web.Rout
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:
-        ready, report = await readiness.evaluate()
+        ready, report, advisory = await readiness.evaluate_all()
         if not ready:
             log.info("not_ready", checks=report)
-        return web.json_response({"ready": ready, "checks": report}, status=200 if ready else 503)
+        body: dict[str, object] = {"ready": ready, "checks": report}
+        if advisory:
+            body["advisory"] = advisory
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_endpoint(_request: web.Request) -> web.Response:
         body = await asyncio.to_thread(metrics.exposition)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Final, Self
 
@@ -30,6 +30,8 @@ class ReadinessSample:
     ready: bool
     checks: Mapping[str, str]
     """Dependency -> "ok" or what is wrong; empty when the daemon did not answer."""
+    advisory: Mapping[str, str] = field(default_factory=dict)
+    """The same for what is reported without gating readiness (e.g. the homeserver)."""
 
 
 class ReadinessWatch:
@@ -49,6 +51,26 @@ class ReadinessWatch:
         """The first sample taken after ``after`` that says ``ready``."""
         return next((s for s in self._samples if s.at >= after and s.ready is ready), None)
 
+    async def wait_for_advisory(
+        self, name: str, *, ok: bool, after: float, within: float
+    ) -> ReadinessSample:
+        """The first sample after ``after`` whose advisory ``name`` is (not) "ok"."""
+
+        async def seen() -> ReadinessSample | None:
+            if self._task is not None and self._task.done():
+                self._task.result()
+            return next(
+                (
+                    s
+                    for s in self._samples
+                    if s.at >= after and name in s.advisory and (s.advisory[name] == "ok") is ok
+                ),
+                None,
+            )
+
+        state = f"{name} {'ok' if ok else 'not ok'}"
+        return await eventually(seen, within=within, interval=SAMPLE_EVERY_S, what=state)
+
     async def wait_for(self, *, ready: bool, after: float, within: float) -> ReadinessSample:
         """The first sample after ``after`` that says ``ready``, once there is one."""
         state = "ready" if ready else "not ready"
@@ -66,10 +88,12 @@ class ReadinessWatch:
             async with self._session.get(self._url, timeout=timeout) as response:
                 body = await response.json(content_type=None)
                 checks = body.get("checks", {}) if isinstance(body, dict) else {}
+                advisory = body.get("advisory", {}) if isinstance(body, dict) else {}
                 return ReadinessSample(
                     at=time.monotonic(),
                     ready=response.status == 200,
                     checks={str(k): str(v) for k, v in checks.items()},
+                    advisory={str(k): str(v) for k, v in advisory.items()},
                 )
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return ReadinessSample(at=time.monotonic(), ready=False, checks={})

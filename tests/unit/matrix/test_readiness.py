@@ -1,5 +1,6 @@
-"""Readiness follows the homeserver: registered and still answering; the AS ping is
-sent until answered without gating readiness."""
+"""Readiness: started and the bot registered. Whether the homeserver still answers is
+reported apart; the AS ping is sent until answered, and again after a refused
+transaction, without gating readiness."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from adapters.matrix.ids import GhostNamespace
 from adapters.matrix.media import MatrixMediaDownloader
 from adapters.matrix.outbound import MatrixSender
 from bridge.config import MatrixSettings
+from bridge.errors import StoreError
 from bridge.model import AppendResult, InboundEvent
 from bridge.timeline.memory import MemoryStateStore
 from tests.support.fakes import FakeClock
@@ -51,6 +53,11 @@ class FakeHomeserver:
         app.router.add_post("/_matrix/client/v1/appservice/{id}/ping", ping)
         app.router.add_get("/_matrix/client/versions", ok)
         return app
+
+
+class StoreDownSink:
+    async def accept(self, events: Sequence[InboundEvent]) -> list[AppendResult | None]:
+        raise StoreError("the store is down")
 
 
 class NoSink:
@@ -94,22 +101,25 @@ async def rig() -> AsyncIterator[tuple[FakeHomeserver, MatrixAdapter]]:
         clock=FakeClock(),
         owned_session=session,
         health_interval_s=0.02,
+        nudge_delay_s=0.05,
     )
     yield homeserver, adapter
     await adapter.stop()
     await server.close()
 
 
-async def test_ready_tracks_the_homeserver(rig: tuple[FakeHomeserver, MatrixAdapter]) -> None:
+async def test_reachability_is_tracked_apart_from_readiness(
+    rig: tuple[FakeHomeserver, MatrixAdapter],
+) -> None:
     homeserver, adapter = rig
     assert not adapter.ready
     await adapter.start(NoSink())
 
     async def ready() -> bool:
-        return adapter.ready
+        return adapter.ready and adapter.upstream_reachable
 
-    async def not_ready() -> bool:
-        return not adapter.ready
+    async def unreachable() -> bool:
+        return not adapter.upstream_reachable
 
     await eventually(ready, within=5, what="ready once registered")
 
@@ -118,9 +128,10 @@ async def test_ready_tracks_the_homeserver(rig: tuple[FakeHomeserver, MatrixAdap
 
     await eventually(pinged_once, within=5, what="the AS ping")
     homeserver.up = False
-    await eventually(not_ready, within=5, what="not ready while the homeserver fails")
+    await eventually(unreachable, within=5, what="unreachable while the homeserver fails")
+    assert adapter.ready  # Teams messages are still taken and queued for it
     homeserver.up = True
-    await eventually(ready, within=5, what="ready again")
+    await eventually(ready, within=5, what="reachable again")
 
 
 async def test_not_ready_until_the_homeserver_answers_the_ping(
@@ -165,3 +176,49 @@ async def test_ready_while_the_homeserver_cannot_call_back_and_ping_is_retried(
     await eventually(checked_again, within=5, what="more reachability checks")
     assert adapter.ready
     assert homeserver.pings == settled  # no more pings once answered
+
+
+async def test_a_refused_transaction_is_followed_by_a_ping(
+    rig: tuple[FakeHomeserver, MatrixAdapter],
+) -> None:
+    """The homeserver backs off for minutes after a refused transaction; a ping a
+    little later makes it retry at once."""
+    homeserver, adapter = rig
+    await adapter.start(StoreDownSink())
+
+    async def pinged_once() -> bool:
+        return homeserver.pings == 1
+
+    await eventually(pinged_once, within=5, what="the start-up ping")
+    homeserver.ping_up = False
+    app = web.Application()
+    app.add_routes(adapter.endpoints.routes())
+    async with (
+        TestServer(app) as bridge,
+        aiohttp.ClientSession() as session,
+        session.put(
+            bridge.make_url("/_matrix/app/v1/transactions/t1"),
+            json={"events": [{"type": "m.room.message", "event_id": "$e", "room_id": "!r:x"}]},
+            headers={"Authorization": "Bearer hs"},
+        ) as response,
+    ):
+        assert response.status == 503
+
+    async def nudged_until_answered() -> bool:
+        return homeserver.pings >= 3
+
+    await eventually(nudged_until_answered, within=5, what="nudges retried while failing")
+    homeserver.ping_up = True
+    before = homeserver.pings
+
+    async def answered() -> bool:
+        return homeserver.pings > before
+
+    await eventually(answered, within=5, what="a nudge answered")
+    settled, checks = homeserver.pings, homeserver.requests
+
+    async def checked_again() -> bool:
+        return homeserver.requests >= checks + 10
+
+    await eventually(checked_again, within=5, what="more reachability checks")
+    assert homeserver.pings == settled  # nothing refused since: no more pings
