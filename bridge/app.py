@@ -192,11 +192,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             log.info("adapter_started", platform=adapter.platform.value)
 
         await apply_configured_links(links, settings, clock)
-        await gaps.on_start()
 
         tasks = TaskOwner("bridge")
         stack.push_async_callback(tasks.close)
-        tasks.start(gaps.run(), name="liveness")
         tasks.start(delivery.run(), name="delivery")
         stack.push_async_callback(delivery.stop, deadline_s=settings.shutdown.drain_timeout_s)
         commands.start()
@@ -210,6 +208,9 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
         )
         stack.push_async_callback(_stop_web, runner)
         bridge.port = bound_port(runner)
+        # The downtime gap ends once requests are taken: what Teams posted until then is lost.
+        await gaps.on_start()
+        tasks.start(gaps.run(), name="liveness")
         log.info("bridge_started", host=settings.http.host, port=bridge.port)
 
         _handle_signals(bridge, stack)
