@@ -333,8 +333,11 @@ class DeliveryService:
         try:
             return await self._deliver_entries(room, entries, worked, sent)
         finally:
-            if sent:
-                await self._store.set_mirrors(sent)
+            try:
+                if sent:
+                    await self._store.set_mirrors(sent)
+            finally:
+                self._dispatcher.recorded(room)
 
     async def _deliver_entries(
         self,
@@ -471,6 +474,8 @@ class DeliveryService:
             not_before=None,
         )
         sent.append((event.id, delivered))
+        if outcome is not None:
+            self._dispatcher.delivered(room, event.id, outcome)
         self._metrics.deliveries.labels(platform=room.platform.value, outcome="sent").inc()
         self._metrics.delivery_seconds.labels(platform=room.platform.value).observe(
             max(0.0, (now - event.received_at).total_seconds())

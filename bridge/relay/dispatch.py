@@ -81,11 +81,26 @@ class Dispatcher:
         if media is None and adapters is not None:
             media = MediaCarrier(adapters=adapters)
         self._media = media
+        self._unrecorded: dict[str, dict[EventID, RemoteMessageID]] = {}
+        """Per target room: deliveries made in the current pass, not yet written to the
+        store (delivery records a pass's deliveries in one write, at its end)."""
+
+    def delivered(self, room: RoomRef, event_id: EventID, message_id: RemoteMessageID) -> None:
+        """``event_id`` was just delivered into ``room`` as ``message_id``: an edit, a
+        reaction or a reply to it later in the same pass finds it before it is stored."""
+        self._unrecorded.setdefault(room.key, {})[event_id] = message_id
+
+    def recorded(self, room: RoomRef) -> None:
+        """The pass's deliveries into ``room`` are written (or will be sent again)."""
+        self._unrecorded.pop(room.key, None)
 
     async def remote_in(self, event_id: EventID | None, room: RoomRef) -> RemoteRef | None:
         """Where a timeline event lives in ``room``: its origin there, or its mirror."""
         if event_id is None:
             return None
+        unrecorded = self._unrecorded.get(room.key, {}).get(event_id)
+        if unrecorded is not None:
+            return RemoteRef(room=room, message_id=unrecorded)
         target = await self._store.get(event_id)
         if target is None:
             return None

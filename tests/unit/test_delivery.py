@@ -189,6 +189,44 @@ async def test_edits_and_redactions_target_the_mirrored_message(rig: Rig) -> Non
     assert len(rig.teams.sent) == 1  # neither became a new message
 
 
+async def test_an_edit_and_a_reply_find_a_target_delivered_in_the_same_pass(rig: Rig) -> None:
+    """A pass records its deliveries in one write at its end; what comes after a target
+    in the same pass must still find where the target went."""
+    target = RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID("$orig"))
+
+    def event(
+        message_id: str, text: str, kind: Kind, relation: RelationKind | None
+    ) -> InboundEvent:
+        return InboundEvent(
+            kind=kind,
+            origin=RemoteRef(room=MATRIX_ROOM, message_id=RemoteMessageID(message_id)),
+            sender=ALICE,
+            occurred_at=rig.clock.now(),
+            body=Body(text=text),
+            relations=() if relation is None else (Relation(kind=relation, target=target),),
+        )
+
+    await rig.intake.accept(  # one insert: the worker's next pass reads all three
+        [
+            event("$orig", "original", Kind.MESSAGE, None),
+            event("$edit", "changed", Kind.EDIT, RelationKind.EDIT),
+            event("$reply", "answer", Kind.MESSAGE, RelationKind.REPLY),
+        ]
+    )
+    rig.service.notify()
+
+    async def done() -> bool:
+        return bool(rig.teams.edits) and len(rig.teams.sent) == 2
+
+    await eventually(done, within=5, what="the edit and the reply")
+    mirrored = RemoteRef(room=TEAMS_ROOM, message_id=RemoteMessageID("sent-1"))
+    assert rig.teams.edits == [(mirrored, "changed")]
+    reply = rig.teams.sent[1][0]
+    assert reply.reply_to == mirrored.message_id
+    page = await rig.store.timeline(room=MATRIX_ROOM)
+    assert all(e.mirrors[0].status is MirrorStatus.SENT for e in page.events)
+
+
 def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     settings = DeliverySettings(backoff_base_s=1, backoff_cap_s=60)
     assert backoff_delay(0, None, settings, jitter=0.5) == 1
