@@ -51,8 +51,12 @@ WARM_UP: Final = 10
 AFTER_ROLL: Final = 10
 """Matrix messages into the first pair after the last old replica has stopped."""
 RUN_WITHIN_S: Final = 60.0
+HEARTBEAT_S: Final = 1.0
+STALE_AFTER_S: Final = 6.0
+SWEEP_S: Final = 1.0
 UNKNOWN_WITHIN_S: Final = 60.0
-"""A run whose owner stopped is ``unknown`` 30 s after its last heartbeat (sweeps: 10 s)."""
+"""A run whose owner stopped is ``unknown`` ``STALE_AFTER_S`` after its last heartbeat,
+at the next sweep; the rest is margin for a loaded machine."""
 RECOVER_WITHIN_S: Final = 120.0
 ROLL_WITHIN_S: Final = 300.0
 COMMAND: Final = "!runbook run wait-for-release"
@@ -105,7 +109,13 @@ async def test_a_rolling_restart_under_load_loses_and_duplicates_nothing(
     def overrides(platforms: Platforms) -> dict[str, Any]:
         _write_catalog(catalog, journal, release, operator=platforms.matrix.user_id)
         return {
-            "runbooks": {"catalog_dir": str(catalog)},
+            "runbooks": {
+                "catalog_dir": str(catalog),
+                # Production: heartbeat 2 s, stale after 30 s, swept every 10 s.
+                "heartbeat_interval_s": HEARTBEAT_S,
+                "stale_after_s": STALE_AFTER_S,
+                "sweep_interval_s": SWEEP_S,
+            },
             "shutdown": {"readiness_grace_s": GRACE_S, "drain_timeout_s": DRAIN_S},
         }
 
