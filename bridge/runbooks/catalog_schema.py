@@ -138,7 +138,8 @@ class ExecDoc(_Doc):
 
 class KubernetesJobDoc(_Doc):
     type: Literal["kubernetes-job"]
-    namespace: str
+    namespace: str | None = None
+    """Where the Job runs; by default the bridge's own namespace (its service account's)."""
     template: dict[str, Any]
     secrets: list[SecretDoc] = Field(default_factory=list)
 
@@ -443,7 +444,7 @@ def _check_http(spec: HttpDoc, params: set[str], secrets: set[str], out: Problem
 
 
 def _check_job(spec: KubernetesJobDoc, params: set[str], secrets: set[str], out: Problems) -> None:
-    if not NAMESPACE.fullmatch(spec.namespace):
+    if spec.namespace is not None and not NAMESPACE.fullmatch(spec.namespace):
         out.add("executor.namespace", "must be a Kubernetes namespace name")
     template = spec.template
     if template.get("apiVersion") != "batch/v1":
@@ -458,7 +459,10 @@ def _check_job(spec: KubernetesJobDoc, params: set[str], secrets: set[str], out:
             if key in metadata:
                 out.add(f"executor.template.metadata.{key}", "is set by the bridge (from the run)")
         if metadata.get("namespace", spec.namespace) != spec.namespace:
-            out.add("executor.template.metadata.namespace", "must be the executor's namespace")
+            out.add(
+                "executor.template.metadata.namespace",
+                "must be the executor's namespace (leave both out for the bridge's own)",
+            )
     containers = _dig(template, "spec", "template", "spec", "containers")
     if not isinstance(containers, list) or not containers:
         out.add("executor.template.spec.template.spec.containers", "needs at least one container")
@@ -535,7 +539,9 @@ def _executor(doc: RunbookDoc) -> ExecutorSpec:
             secrets=secrets,
             success_statuses=tuple(spec.success_statuses),
         )
-    return KubernetesJobSpec(namespace=spec.namespace, template=spec.template, secrets=secrets)
+    return KubernetesJobSpec(
+        namespace=spec.namespace or "", template=spec.template, secrets=secrets
+    )
 
 
 # -- durations and digests ----------------------------------------------------

@@ -117,6 +117,7 @@ class ExecSpec:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KubernetesJobSpec:
     namespace: str
+    """Empty: the bridge's own namespace (its service account's)."""
     template: Mapping[str, Any]
     """A ``batch/v1`` Job manifest; string leaves may hold ``{param}``; the bridge sets
     ``metadata.name`` (deterministic from the run id) and its labels."""

@@ -334,3 +334,13 @@ def test_deep_nesting_is_reported_not_raised(depth: int) -> None:
     text = text.replace("  body:\n  - placeholder\n", f"  body: {nested}\n")
     _, found = parse_file("check.yaml", text, ROLES)
     assert [str(p) for p in found] == ([] if depth < 100 else ["check.yaml: nested too deeply"])
+
+
+def test_a_job_without_a_namespace_runs_in_the_bridges_own() -> None:
+    job = {k: v for k, v in JOB.items() if k != "namespace"}
+    (runbook,), found = parse_file("check.yaml", yaml.safe_dump(edited("executor", job)), ROLES)
+    assert found == []
+    assert isinstance(runbook.executor, KubernetesJobSpec)
+    assert runbook.executor.namespace == ""  # the executor's default: its service account's
+    named = edited("template.metadata", {"namespace": "ops"}, job)
+    assert any("metadata.namespace: must be" in p for p in problems(edited("executor", named)))
