@@ -63,6 +63,7 @@ from bridge.web.health import Readiness
 from bridge.web.server import add_incident_routes, bound_port, build_web_app, start_site
 
 log = structlog.get_logger(__name__)
+MONGO_MAX_IDLE_MS = 300_000
 
 
 @dataclass
@@ -89,12 +90,24 @@ class Bridge:
             self.stopping.set()
 
 
+def _delivery_settings(settings: Settings) -> DeliverySettings:
+    options = settings.delivery
+    return DeliverySettings(
+        max_rooms=options.max_rooms,
+        lease_ttl_s=options.lease_ttl_s,
+        backoff_base_s=options.retry_base_s,
+        backoff_cap_s=options.retry_cap_s,
+    )
+
+
 def mongo_client(settings: Settings) -> AsyncMongoClient[dict[str, Any]]:
     return AsyncMongoClient(
         settings.mongo.uri.get_secret_value(),
         tz_aware=True,
         appname="incident-bridge",
         serverSelectionTimeoutMS=int(settings.mongo.server_selection_timeout_s * 1000),
+        # Connections idle this long are closed, so the pool shrinks after a burst.
+        maxIdleTimeMS=MONGO_MAX_IDLE_MS,
         connect=False,
     )
 
@@ -154,7 +167,7 @@ async def serve(settings: Settings, *, on_ready: Callable[[Bridge], None] | None
             adapters={a.platform: a for a in bridge.adapters},
             metrics=metrics,
             owner=instance_id(settings),
-            settings=DeliverySettings(max_rooms=settings.delivery.max_rooms),
+            settings=_delivery_settings(settings),
             ids=bridge.ids,
         )
         gaps = GapRecorder(store=store, state=bridge.state, clock=clock, ids=bridge.ids)

@@ -70,6 +70,13 @@ class DeliveryOptions(Section):
     share one."""
     max_rooms: Annotated[int, Field(ge=1, le=10000)] = 512
     """Target rooms delivered to at once by this process."""
+    lease_ttl_s: Annotated[float, Field(ge=5, le=600)] = 30.0
+    """How long a room's delivery lease lasts without renewal: how soon another replica
+    takes over the rooms of one that died (renewed every third of it)."""
+    retry_base_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    """The first wait after a failed delivery; it doubles with each attempt, with jitter."""
+    retry_cap_s: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    """The longest wait between attempts (a platform's Retry-After may ask for longer)."""
 
 
 class IncidentSettings(Section):

@@ -80,7 +80,9 @@ class DeliverySettings:
     max_batch: int = 20
     """At most this many plain messages are handed over at once to an adapter that batches."""
     backoff_base_s: float = 1.0
-    backoff_cap_s: float = 300.0
+    backoff_cap_s: float = 60.0
+    """The longest wait between two attempts (unless the platform asks for longer): also
+    the most a room waits after its target platform is back."""
 
 
 def idempotency_key(event: TimelineEvent, room: RoomRef) -> str:
@@ -94,10 +96,10 @@ def backoff_delay(
 ) -> float:
     """Capped exponential backoff with jitter, never shorter than the platform asked."""
     delay = min(settings.backoff_cap_s, settings.backoff_base_s * 2.0**attempts)
-    delay *= 0.5 + jitter
+    delay = min(delay * (0.5 + jitter), settings.backoff_cap_s)
     if retry_after is not None:
         delay = max(delay, retry_after)
-    return min(delay, settings.backoff_cap_s)
+    return delay
 
 
 class DeliveryService:

@@ -13,9 +13,9 @@ Teams message is in Matrix once, in the order it was sent.
 
 The retry schedule is read from the head event's mirror in the timeline: each failed
 attempt records ``attempts``, ``updated_at`` and ``not_before``, so the delay the bridge
-chose and the time it actually tried again are both on record. The backoff is not a
-setting (``DeliverySettings``: base 1 s, cap 300 s), so a two-minute outage reaches
-delays of about a minute; the cap itself is only checked as a bound here.
+chose and the time it actually tried again are both on record. The backoff keeps its
+defaults (``delivery.retry_base_s`` 1 s, ``delivery.retry_cap_s`` 60 s), so a two-minute
+outage reaches the cap.
 """
 
 from __future__ import annotations

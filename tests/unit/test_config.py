@@ -149,3 +149,16 @@ def test_runbook_run_timings_are_settings_and_checked_together() -> None:
         load_settings(None, {**env, "BRIDGE__RUNBOOKS__STALE_AFTER_S": "2"})
     assert "runbooks" in str(caught.value)
     assert "three heartbeat_interval_s" in str(caught.value)
+
+
+def test_delivery_leases_and_retries_are_settings() -> None:
+    env = {
+        "BRIDGE__MONGO__URI": "mongodb://db",
+        "BRIDGE__DELIVERY__LEASE_TTL_S": "12",
+        "BRIDGE__DELIVERY__RETRY_BASE_S": "0.5",
+        "BRIDGE__DELIVERY__RETRY_CAP_S": "30",
+    }
+    delivery = load_settings(None, env).delivery
+    assert (delivery.lease_ttl_s, delivery.retry_base_s, delivery.retry_cap_s) == (12, 0.5, 30)
+    with pytest.raises(ConfigError):
+        load_settings(None, {**env, "BRIDGE__DELIVERY__LEASE_TTL_S": "1"})

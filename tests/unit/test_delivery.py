@@ -233,6 +233,7 @@ def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     assert backoff_delay(3, None, settings, jitter=0.0) == 4
     assert backoff_delay(20, None, settings, jitter=1.0) == 60
     assert backoff_delay(0, 12.5, settings, jitter=0.5) == 12.5
+    assert backoff_delay(0, 120, settings, jitter=0.5) == 120  # the platform asked for it
 
 
 async def test_more_busy_rooms_than_workers_all_get_turns() -> None:
