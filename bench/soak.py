@@ -23,7 +23,12 @@ start to clean stop; every message, edit and reaction delivered exactly once, an
 delivery given up; every runbook run succeeded.
 
 Run: .venv/bin/python -m bench.soak [--minutes 22] [--warmup-minutes 5] [--interval 30]
-     [--rate 5] [--teams-rate 5] [--rooms 4] [--keep]
+     [--rate 5] [--teams-rate 5] [--rooms 16] [--keep]
+
+Teams allows a bot 1,800 calls per conversation per hour (0.5/s on average); the
+defaults keep each conversation near 0.35 calls/s (messages, edits and reactions), so
+a long soak measures the bridge rather than that limit: above it the bridge (rightly)
+holds messages back for up to an hour. A load past the limit is refused.
 
 Exit status: 0 all passed, 1 a criterion failed, 2 the soak could not run (the daemon
 died, a server did not start), 130 interrupted. The working directory (the daemon's
@@ -66,6 +71,8 @@ from bench.stats import machine_line
 
 SETTLE_POLL_S: Final = 2.0
 WINDOW_INTERVALS: Final = 4
+TEAMS_HOURLY_RATE: Final = 0.5
+"""1,800 calls per conversation per hour, the longest of Teams' windows."""
 """Each end of the growth is the median of this many intervals' samples (five)."""
 QUIET_S: Final = 15.0
 
@@ -205,7 +212,7 @@ def _arguments(argv: list[str] | None = None) -> tuple[SoakOptions, bool, Path |
     )
     parser.add_argument("--rate", type=float, default=5.0, help="Teams -> Matrix msg/s")
     parser.add_argument("--teams-rate", type=float, default=5.0, help="Matrix -> Teams msg/s")
-    parser.add_argument("--rooms", type=int, default=4, help="linked room pairs")
+    parser.add_argument("--rooms", type=int, default=16, help="linked room pairs")
     parser.add_argument("--edit-every", type=int, default=20, help="edit every Nth message")
     parser.add_argument("--react-every", type=int, default=20, help="react to every Nth")
     parser.add_argument("--runbook-every", type=float, default=60.0, help="seconds; 0: none")
@@ -221,6 +228,14 @@ def _arguments(argv: list[str] | None = None) -> tuple[SoakOptions, bool, Path |
         parser.error("--interval must be positive and at most the warm-up")
     if args.rooms < 1 or args.edit_every < 1 or args.react_every < 1:
         parser.error("--rooms, --edit-every and --react-every must be at least 1")
+    per_conversation = (
+        args.teams_rate / args.rooms * (1 + 1 / args.edit_every + 1 / args.react_every)
+    )
+    if per_conversation > TEAMS_HOURLY_RATE:
+        parser.error(
+            f"{per_conversation:.2f} Teams calls/s per conversation is over Teams' hourly"
+            f" limit ({TEAMS_HOURLY_RATE}/s): use more --rooms or a lower --teams-rate"
+        )
     options = SoakOptions(
         minutes=args.minutes,
         warmup_minutes=args.warmup_minutes,
