@@ -2,8 +2,11 @@
 """The emulator's web page: post to the bot as a Teams user and watch what the bot does.
 
 Self-contained (no external resources), served with a strict Content-Security-Policy;
-the script builds the page with ``textContent`` only, so nothing from a message is
-ever parsed as HTML. It polls ``/_emulator/api/messages`` every second.
+the script builds the page from nodes it creates, with ``textContent`` for text. The
+bot's messages are HTML, as in Teams: they are parsed inert (``DOMParser``, which runs
+nothing) and rebuilt from an allow-list of formatting tags, keeping no attribute but an
+http(s) link's ``href``. Users' messages are shown as text. It polls
+``/_emulator/api/messages`` every second.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ ol#messages { flex: 1; list-style: none; margin: 0; padding: 0; overflow-y: auto
 .deleted .body { font-style: italic; color: var(--muted); }
 .reactions { font-size: .8rem; color: var(--muted); margin-top: .2rem; }
 .meta button { font-size: .75rem; margin-left: auto; }
+[hidden] { display: none !important; }
 #replying { background: #ebebf7; padding: .3rem .6rem; border-radius: 4px; margin: .4rem 0; display: flex; justify-content: space-between; }
 #composer { display: flex; gap: .5rem; margin-top: .4rem; }
 #composer textarea { flex: 1; padding: .5rem; font: inherit; border: 1px solid var(--line); border-radius: 4px; resize: vertical; }
@@ -107,6 +111,30 @@ JS: Final = """
     if (className) node.className = className;
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
+  }
+
+  const FORMATTING = new Set(["B", "STRONG", "I", "EM", "U", "S", "DEL", "CODE", "PRE", "P", "BR",
+    "UL", "OL", "LI", "BLOCKQUOTE", "H1", "H2", "H3", "H4", "SPAN", "DIV", "A", "HR"]);
+
+  function rebuilt(source, target) {
+    for (const node of source.childNodes) {
+      if (node.nodeType === Node.TEXT_NODE) {
+        target.appendChild(document.createTextNode(node.textContent));
+      } else if (node.nodeType === Node.ELEMENT_NODE) {
+        if (!FORMATTING.has(node.tagName)) { rebuilt(node, target); continue; }
+        const copy = document.createElement(node.tagName.toLowerCase());
+        const href = node.tagName === "A" ? node.getAttribute("href") || "" : "";
+        if (/^https?:[/][/]/i.test(href)) { copy.href = href; copy.rel = "noopener noreferrer"; copy.target = "_blank"; }
+        rebuilt(node, copy);
+        target.appendChild(copy);
+      }
+    }
+    return target;
+  }
+
+  function formatted(className, html) {
+    const parsed = new DOMParser().parseFromString(String(html), "text/html");
+    return rebuilt(parsed.body, el("div", className));
   }
 
   async function getJSON(url) {
@@ -200,8 +228,9 @@ JS: Final = """
       meta.appendChild(reply);
     }
     item.appendChild(meta);
-    const text = message.deleted ? "This message has been deleted." : message.text;
-    item.appendChild(el("div", "body", text));
+    if (message.deleted) item.appendChild(el("div", "body", "This message has been deleted."));
+    else if (message.from.isBot) item.appendChild(formatted("body", message.text));
+    else item.appendChild(el("div", "body", message.text));
     for (const attachment of message.attachments) {
       item.appendChild(el("div", "reactions", "[" + (attachment.name || attachment.contentType) + "]"));
     }

@@ -860,6 +860,8 @@ async def test_the_page_is_served_and_lists_messages(
         assert "http://" not in asset
         assert "https://" not in asset
     assert "innerHTML" not in script
+    for sink in ("outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert sink not in script  # the bot's HTML is rebuilt node by node from an allow-list
     assert "textContent" in script
     directory = await fetch_json(session, f"{emu.base_url}/_emulator/api/directory")
     assert [u["name"] for u in directory["users"]] == ["Alice Ops"]
