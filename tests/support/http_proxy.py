@@ -7,9 +7,7 @@ reached it, so sending elsewhere is safe); an upstream that took the request and
 failed to answer gets the client a 502, as a real load balancer would. With a readiness
 path the proxy polls each upstream (``GET /readyz``) and marks it up on a 200 and down
 on anything else, the way endpoints follow a readiness probe; an upstream added then
-starts down, like a pod that has not passed its probe yet. Requests that match
-``route_unready`` go to every upstream, ready or not, as through a Service with
-``publishNotReadyAddresses`` (one that refuses the connection is still skipped).
+starts down, like a pod that has not passed its probe yet.
 
 Faults for tests: ``duplicate_when(predicate)`` sends each matching request to two
 upstreams at once (a platform's replay landing on two replicas) and answers with the
@@ -139,10 +137,8 @@ class RoundRobinProxy:
         poll_interval_s: float = 0.25,
         probe_timeout_s: float = 1.0,
         request_timeout_s: float = 30.0,
-        route_unready: RequestPredicate | None = None,
     ) -> None:
         self._port = port
-        self._route_unready = route_unready
         self._readiness_path = readiness_path
         self._poll_interval_s = poll_interval_s
         self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
@@ -302,9 +298,9 @@ class RoundRobinProxy:
         except _RefusedError as exc:
             return Answer(upstream=name, status=None, error=str(exc))
 
-    def _rotation(self, *, unready: bool) -> list[_Upstream]:
-        """The upstreams that are up (all with ``unready``), the next one in turn first."""
-        live = [u for u in self._upstreams.values() if u.up or unready]
+    def _rotation(self) -> list[_Upstream]:
+        """The upstreams that are up, the next one in turn first."""
+        live = [u for u in self._upstreams.values() if u.up]
         if not live:
             return []
         start = self._cursor % len(live)
@@ -321,8 +317,7 @@ class RoundRobinProxy:
             body=await request.read(),
         )
         duplicated = self._duplicate is not None and self._duplicate(proxied)
-        unready = self._route_unready is not None and self._route_unready(proxied)
-        rotation = self._rotation(unready=unready)
+        rotation = self._rotation()
         skipped: list[str] = []
         if duplicated and len(rotation) >= 2:
             answers = list(
