@@ -55,9 +55,9 @@ log = structlog.get_logger(__name__)
 HEALTH_INTERVAL_S = 15.0
 RETRY_MAX_S = 30.0
 PING_RETRY_MAX_S = 5.0
+"""The AS ping is retried at least this often until the homeserver calls us back."""
 NUDGE_DELAY_S = 5.0
 """How long after refusing a transaction the homeserver is asked to retry."""
-"""The AS ping is retried at least this often until the homeserver calls us back."""
 
 
 class MatrixAdapter:
